@@ -1,0 +1,90 @@
+"""Helpers for benchmarks: run a command in a child process and report wall time and peak RSS.
+
+Every benchmark compares our command with a baseline run side by side, in
+separate child processes (so peak RSS is each one's own), several times,
+reporting the median.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OUT = Path(os.environ.get("SHERPA_FIXED_BENCH_DIR", Path(__file__).parent / "out"))
+
+# Runs `code` in a child Python, then prints that child's own peak RSS in KiB. VmHWM is per
+# address space, so unlike ru_maxrss it does not inherit the parent's peak across fork+exec.
+_WRAP = r"""
+import sys, json
+code = sys.argv[1]
+exec(compile(code, "<bench>", "exec"), {"__name__": "__bench__"})
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print("@@RSS@@" + json.dumps(hwm), file=sys.stderr)
+"""
+
+
+def measure_python(code: str, repeat: int = 3, cwd: str | None = None) -> dict:
+    """Median wall seconds and max peak RSS (MB) of a Python snippet run in fresh processes."""
+    walls, rss = [], []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, "-c", _WRAP, code], capture_output=True, text=True, cwd=cwd)
+        walls.append(time.perf_counter() - t)
+        if p.returncode != 0:
+            raise RuntimeError(f"benchmark child failed ({p.returncode}): {p.stderr[-2000:]}")
+        line = next(ln for ln in p.stderr.splitlines() if ln.startswith("@@RSS@@"))
+        rss.append(json.loads(line[7:]) / 1024)
+    return {"wall_s": statistics.median(walls), "peak_rss_mb": max(rss), "runs": repeat}
+
+
+def measure_command(argv: list[str], repeat: int = 3, setup=None) -> dict:
+    """Median wall seconds and peak RSS (MB) of an external command (polling its VmHWM)."""
+    walls, rss = [], []
+    for _ in range(repeat):
+        if setup:
+            setup()
+        t = time.perf_counter()
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peak = 0
+        while p.poll() is None:
+            try:
+                with open(f"/proc/{p.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            peak = max(peak, int(line.split()[1]))
+            except OSError:
+                pass
+            time.sleep(0.005)
+        walls.append(time.perf_counter() - t)
+        if p.returncode != 0:
+            raise RuntimeError(f"{argv} failed: {p.stderr.read()[-2000:]}")
+        rss.append(peak / 1024)
+    return {"wall_s": statistics.median(walls), "peak_rss_mb": max(rss), "runs": repeat}
+
+
+def drop_page_cache_hint() -> str:
+    return "page cache warm (files were just written or read); both sides see the same cache state"
+
+
+def big_folder(name: str, *, layers: int, d_model: int = 1024, pos_emb_max_len: int | None = 5000,
+               **spec) -> Path:
+    """A NeMo-shaped folder whose encoder.weights is large; reused across runs (bench/out/)."""
+    from sherpa_fixed.testing import ModelSpec, write_big_model_folder
+
+    folder = OUT / name
+    marker = folder / ".complete"
+    if marker.exists():
+        return folder
+    write_big_model_folder(folder, ModelSpec(d_model=d_model, layers=layers, pos_emb_max_len=pos_emb_max_len,
+                                             **spec))
+    marker.write_text("ok")
+    return folder
+
+
+def gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"

@@ -1,0 +1,139 @@
+"""The `sherpa-fixed` command: a thin layer over the library's functions.
+
+Each command parses options, calls one library function, and renders its
+result as text or `--json`. Errors the library knows about become one line
+on stderr (and an `error` object under --json) with the exit code they carry.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EXIT_BAD_INPUT, SherpaFixedError
+
+EXIT_INTERNAL = 3
+
+
+def emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def handle_errors(fn):
+    """Turn library errors into one line + exit code; keep tracebacks for real bugs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        as_json = kwargs.get("as_json", False)
+        try:
+            return fn(*args, **kwargs)
+        except SherpaFixedError as exc:
+            if as_json:
+                emit_json({"error": {"message": exc.message, "path": exc.path, "fix": exc.fix,
+                                     "exit_code": exc.exit_code}})
+            click.echo(f"sherpa-fixed: error: {exc.one_line()}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("sherpa-fixed: interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # a bug in sherpa-fixed, not bad input
+            if os.environ.get("SHERPA_FIXED_DEBUG"):
+                traceback.print_exc()
+            click.echo(f"sherpa-fixed: internal error: {type(exc).__name__}: {exc} "
+                       "(set SHERPA_FIXED_DEBUG=1 for a traceback; please report it)", err=True)
+            sys.exit(EXIT_INTERNAL)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="sherpa-fixed")
+def main() -> None:
+    """Make NVIDIA NeMo transducer exports (Parakeet TDT/RNNT) run in sherpa-onnx.
+
+    \b
+    Typical use:
+      sherpa-fixed demo                         # build a tiny model and watch it get fixed
+      sherpa-fixed inspect MODEL_DIR            # what will sherpa-onnx do with this folder?
+      sherpa-fixed prepare MODEL_DIR -o OUT     # rewrite it so sherpa-onnx accepts it
+
+    Exit codes: 0 fine, 1 something needs fixing, 2 unusable input, 3 internal error.
+    """
+
+
+def model_file_options(fn):
+    for opt in reversed([
+        click.option("--encoder", type=click.Path(dir_okay=False), help="Use this encoder file."),
+        click.option("--decoder", type=click.Path(dir_okay=False), help="Use this decoder file."),
+        click.option("--joiner", type=click.Path(dir_okay=False), help="Use this joiner file."),
+        click.option("--tokens", type=click.Path(dir_okay=False), help="Use this tokens.txt."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@main.command("inspect")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@model_file_options
+@click.option("--variant", "variants", multiple=True, help="Only these model sets (fp32, int8). Repeatable.")
+@click.option("--probe", is_flag=True,
+              help="Also run the encoder in onnxruntime (loads its weights) to prove whether a fixed time "
+                   "or batch size is baked into the graph, and to measure the subsampling factor.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema: docs/inspect-json.md).")
+@click.option("-v", "--verbose", is_flag=True, help="Show outputs, every measurement and info findings.")
+@handle_errors
+def inspect_cmd(paths, encoder, decoder, joiner, tokens, variants, probe, as_json, verbose):
+    """Report what sherpa-onnx will do with a NeMo export, without loading its weights.
+
+    PATHS is a model folder (the 0.6B layout: encoder/decoder/joiner .onnx and
+    .int8.onnx, tokens.txt, weight files) or loose .onnx files and a tokens
+    file, classified by their graphs. For every input of every model each axis
+    is reported fixed or dynamic with its role (batch, mel bins, time, decoder
+    state); the encoder metadata is audited against what the graphs measure;
+    and a verdict says whether the folder works as is, needs `prepare`, needs
+    the windowed recognizer, or cannot work.
+
+    Exit code: 0 works as is, 1 needs fixing, 2 unusable input.
+    """
+    from .inspector import inspect_folder
+    from .render import render_report
+
+    report = inspect_folder(list(paths), probe=probe, encoder=encoder, decoder=decoder, joiner=joiner,
+                            tokens=tokens, variants=list(variants) or None)
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        click.echo(render_report(report, verbose=verbose))
+    sys.exit(report.verdict.exit_code)
+
+
+@main.command("demo")
+@click.argument("folder", required=False, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the inspect report as JSON.")
+@handle_errors
+def demo_cmd(folder, as_json):
+    """Build a tiny NeMo-shaped model (as a raw export: no metadata) and inspect it.
+
+    Nothing is downloaded: the model is written with onnx.helper and has the
+    exact structure of a real Parakeet-TDT export, with random weights.
+    """
+    from .demo import run_demo
+
+    code = run_demo(Path(folder) if folder else None, as_json=as_json, echo=click.echo)
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+
+__all__ = ["EXIT_BAD_INPUT", "main"]

@@ -1,0 +1,182 @@
+"""Audit where each model's weights live, from the graph file alone.
+
+Checked per tensor, with `stat` only (no weights are read): the file
+exists, `offset + length` fits inside it, `length` matches the tensor's
+dims and type, and the location is a bare relative name. Absolute
+locations are refused by onnxruntime >= 1.28; relative ones resolve against
+the model folder in sherpa-onnx >= 1.12.36 and against the working directory
+in older builds and asset loaders (FACTS.md section 3), which is why a
+location that leaves the folder (`..`, subfolders) is fragile.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from .onnx_graph import GraphFile, external_info, graph_tensors, tensor_nbytes, uses_external_data
+
+SCATTERED_THRESHOLD = 2  # more distinct files than this (per model) counts as scattered
+SMALL_TENSOR = 1024  # onnx.save's default size_threshold; see weights.ONNX_THRESHOLD
+
+
+@dataclass
+class ExternalRef:
+    tensor: str
+    location: str
+    offset: int
+    length: int | None
+    expected_length: int | None
+
+
+@dataclass
+class ExternalFile:
+    location: str
+    path: Path
+    exists: bool
+    size: int | None
+    tensors: int
+    bytes_needed: int
+    shared_with: list[str] = field(default_factory=list)  # other model files that point here
+
+    def to_json(self) -> dict:
+        return {
+            "location": self.location,
+            "path": str(self.path),
+            "exists": self.exists,
+            "size": self.size,
+            "tensors": self.tensors,
+            "bytes_needed": self.bytes_needed,
+            "shared_with": self.shared_with,
+        }
+
+
+@dataclass
+class ExternalAudit:
+    model: Path
+    refs: list[ExternalRef]
+    files: list[ExternalFile]
+    problems: list[tuple[str, str]]  # (code, message)
+    inline_bytes: int
+
+    @property
+    def uses_external(self) -> bool:
+        return bool(self.refs)
+
+    @property
+    def external_bytes(self) -> int:
+        return sum(r.length or r.expected_length or 0 for r in self.refs)
+
+    def to_json(self) -> dict:
+        return {
+            "uses_external_data": self.uses_external,
+            "tensors": len(self.refs),
+            "external_bytes": self.external_bytes,
+            "inline_bytes": self.inline_bytes,
+            "files": [f.to_json() for f in self.files],
+            "problems": [{"code": c, "message": m} for c, m in self.problems],
+        }
+
+
+def is_absolute_location(location: str) -> bool:
+    return PurePosixPath(location).is_absolute() or PureWindowsPath(location).is_absolute()
+
+
+def escapes_folder(location: str) -> bool:
+    parts = PurePosixPath(location.replace("\\", "/")).parts
+    return ".." in parts
+
+
+def resolve_location(model_path: Path, location: str) -> Path:
+    if is_absolute_location(location):
+        return Path(location)
+    return model_path.parent / location
+
+
+def external_refs(g: GraphFile) -> tuple[list[ExternalRef], int]:
+    refs: list[ExternalRef] = []
+    inline = 0
+    for t in graph_tensors(g.model.graph):
+        if uses_external_data(t):
+            info = external_info(t)
+            length = int(info["length"]) if "length" in info else None
+            refs.append(
+                ExternalRef(t.name, info.get("location", ""), int(info.get("offset", "0") or 0), length,
+                            tensor_nbytes(t))
+            )
+        else:
+            inline += len(t.raw_data)
+    return refs, inline
+
+
+def audit_external_data(g: GraphFile) -> ExternalAudit:
+    refs, inline = external_refs(g)
+    problems: list[tuple[str, str]] = []
+    by_location: dict[str, list[ExternalRef]] = {}
+    for r in refs:
+        by_location.setdefault(r.location, []).append(r)
+
+    files: list[ExternalFile] = []
+    for location, rs in by_location.items():
+        path = resolve_location(g.path, location)
+        try:
+            size: int | None = os.stat(path).st_size
+            exists = True
+        except OSError:
+            size, exists = None, False
+        needed = max(r.offset + (r.length if r.length is not None else (r.expected_length or 0)) for r in rs)
+        files.append(ExternalFile(location, path, exists, size, len(rs), needed))
+        if not location:
+            problems.append(("external.no_location", f"{len(rs)} tensors have external data without a location"))
+            continue
+        if is_absolute_location(location):
+            problems.append(("external.absolute", f"location {location!r} is absolute: onnxruntime >= 1.28 "
+                             "refuses it ('Absolute path not allowed for external data location')"))
+        elif escapes_folder(location):
+            problems.append(("external.escapes", f"location {location!r} leaves the model folder: onnxruntime "
+                             ">= 1.28 refuses it ('External data path escapes model directory')"))
+        elif "/" in location or "\\" in location:
+            problems.append(("external.subfolder", f"location {location!r} is in a subfolder (loads, but "
+                             "prepare flattens it to a bare name beside the model)"))
+        if not exists:
+            problems.append(("external.missing", f"weights file {location!r} does not exist (looked for {path}); "
+                             f"sherpa-onnx fails with 'cannot get file size: No such file or directory "
+                             f"[{location}]'"))
+        elif size is not None and needed > size:
+            problems.append(("external.truncated", f"weights file {location!r} is {size} bytes but tensors "
+                             f"need {needed}; it is truncated (re-download or re-export it)"))
+        for r in rs:
+            if r.length is not None and r.expected_length is not None and r.length != r.expected_length:
+                problems.append(("external.length_mismatch", f"tensor {r.tensor!r} declares {r.length} bytes "
+                                 f"but its shape needs {r.expected_length}"))
+                break
+    small = [r for r in refs if (r.length if r.length is not None else (r.expected_length or 0)) < SMALL_TENSOR]
+    if small:
+        problems.append(("external.small_tensors", f"{len(small)} tensors under {SMALL_TENSOR} bytes are stored "
+                         "externally (e.g. " + ", ".join(repr(r.tensor) for r in small[:3]) + "); sherpa-onnx <= "
+                         "1.12.35 then fails with 'model_path must not be empty' from any folder; onnx.save keeps "
+                         "them inline"))
+    if len(by_location) > SCATTERED_THRESHOLD:
+        problems.append(("external.scattered", f"weights are scattered over {len(by_location)} files "
+                         f"(one per tensor, as torch.onnx writes models over 2 GiB); sherpa-fixed prepare "
+                         f"consolidates them into one {g.path.stem}.weights"))
+    return ExternalAudit(g.path, refs, files, problems, inline)
+
+
+def mark_shared(audits: dict[Path, ExternalAudit]) -> list[tuple[Path, str, str]]:
+    """Flag weight files referenced by more than one model file (e.g. int8 pointing at fp32 weights)."""
+    users: dict[Path, list[Path]] = {}
+    for model, a in audits.items():
+        for f in a.files:
+            users.setdefault(f.path.resolve(), []).append(model)
+    out: list[tuple[Path, str, str]] = []
+    for a in audits.values():
+        for f in a.files:
+            others = [m for m in users[f.path.resolve()] if m != a.model]
+            f.shared_with = [m.name for m in others]
+            if others:
+                out.append((a.model, "external.shared",
+                            f"weights file {f.location!r} is also used by {', '.join(m.name for m in others)}; "
+                            "rewriting one model must not change the other"))
+    return out

@@ -1,0 +1,197 @@
+"""Read ONNX graph files without touching their external weights.
+
+A 1.1B encoder is a 40 MB graph beside a 4 GB weights file; every question
+the inspector asks (shapes, metadata, where each tensor's bytes live) is
+answered by the graph alone, so the weights are never opened here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
+
+from .errors import BadInputError
+
+Dim = int | str | None
+"""One dimension: an int when fixed, the dim_param name when symbolic, None when unnamed."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, element type and declared shape of a graph input or output."""
+
+    name: str
+    dtype: str
+    dims: tuple[Dim, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.dims)
+
+    def is_fixed(self, axis: int) -> bool:
+        return isinstance(self.dims[axis], int)
+
+    def fixed(self, axis: int) -> int | None:
+        d = self.dims[axis] if axis < len(self.dims) else None
+        return d if isinstance(d, int) else None
+
+
+@dataclass
+class GraphFile:
+    """One parsed ONNX file: its interface, metadata and the (weightless) proto."""
+
+    path: Path
+    size: int
+    model: ModelProto
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    metadata: dict[str, str]
+    opset: int | None
+    producer: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+
+def _dtype_name(elem_type: int) -> str:
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
+    except Exception:  # unknown or string types
+        return TensorProto.DataType.Name(elem_type).lower() if elem_type else "undefined"
+
+
+def spec_of(value_info: onnx.ValueInfoProto) -> TensorSpec:
+    tt = value_info.type.tensor_type
+    dims: list[Dim] = []
+    if tt.HasField("shape"):
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param:
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+    return TensorSpec(value_info.name, _dtype_name(tt.elem_type), tuple(dims))
+
+
+def load_graph(path: str | Path) -> GraphFile:
+    """Parse an ONNX file's protobuf, leaving external data where it is.
+
+    Raises BadInputError with a one-line reason for anything that is not a
+    readable ONNX model, so callers never see a protobuf traceback.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError("file not found", path=path, fix="check the path or re-export the model")
+    if path.is_dir():
+        raise BadInputError("is a folder, expected an .onnx file", path=path)
+    size = path.stat().st_size
+    if size == 0:
+        raise BadInputError("file is empty", path=path, fix="re-export or re-download it")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise BadInputError(
+            f"not a readable ONNX file ({type(exc).__name__}: {(str(exc).splitlines() or ['parse error'])[0]})",
+            path=path,
+            fix="the file is corrupt or truncated; re-export or re-download it",
+        ) from exc
+    except OSError as exc:
+        raise BadInputError(f"cannot read ({exc.strerror})", path=path) from exc
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.input):
+        raise BadInputError(
+            "not an ONNX model (no graph inside)",
+            path=path,
+            fix="the file is corrupt or not ONNX; re-export or re-download it",
+        )
+    initializer_names = {t.name for t in model.graph.initializer}
+    inputs = [spec_of(v) for v in model.graph.input if v.name not in initializer_names]
+    outputs = [spec_of(v) for v in model.graph.output]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return GraphFile(
+        path=path,
+        size=size,
+        model=model,
+        inputs=inputs,
+        outputs=outputs,
+        metadata={p.key: p.value for p in model.metadata_props},
+        opset=opset,
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+    )
+
+
+def _attribute_tensors(attr: AttributeProto) -> Iterator[TensorProto]:
+    if attr.HasField("t"):
+        yield attr.t
+    yield from attr.tensors
+    if attr.HasField("g"):
+        yield from graph_tensors(attr.g)
+    for g in attr.graphs:
+        yield from graph_tensors(g)
+
+
+def graph_tensors(graph: GraphProto) -> Iterator[TensorProto]:
+    """Every tensor that can hold weights: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            yield from _attribute_tensors(attr)
+
+
+def initializer_tensors(graph: GraphProto) -> Iterator[TensorProto]:
+    """Initializers of the graph and its subgraphs: the tensors onnx.save moves to external data.
+
+    Constant-node attributes stay inline (onnx's convert_attribute=False default), and
+    must: onnxruntime's shape inference cannot read a Constant whose data is external.
+    """
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from initializer_tensors(attr.g)
+            for g in attr.graphs:
+                yield from initializer_tensors(g)
+
+
+def all_nodes(graph: GraphProto) -> Iterator[onnx.NodeProto]:
+    """Nodes of the graph and of every subgraph (Loop/Scan/If bodies)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from all_nodes(attr.g)
+            for g in attr.graphs:
+                yield from all_nodes(g)
+
+
+def tensor_nbytes(t: TensorProto) -> int | None:
+    """Bytes the tensor's raw data must have, from its dims and type (None for strings)."""
+    if t.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
+        return None
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except Exception:
+        return None
+    n = 1
+    for d in t.dims:
+        n *= d
+    if t.data_type in (TensorProto.INT4, TensorProto.UINT4):
+        return (n + 1) // 2
+    return n * itemsize
+
+
+def uses_external_data(t: TensorProto) -> bool:
+    return t.HasField("data_location") and t.data_location == TensorProto.EXTERNAL
+
+
+def external_info(t: TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in t.external_data}

@@ -1,0 +1,94 @@
+"""Plain-text rendering of reports for people; `--json` gives machines the same data."""
+
+from __future__ import annotations
+
+from .axes import Port
+from .findings import CANNOT_WORK, NEEDS_PREPARE, NEEDS_WINDOW, WORKS
+from .inspector import FolderReport, VariantReport
+
+MARK = {"error": "✗", "warning": "!", "info": "·"}
+NEXT_STEP = {
+    WORKS: "nothing to do",
+    NEEDS_PREPARE: "run: sherpa-fixed prepare {folder} --output {folder}-prepared",
+    NEEDS_WINDOW: "use: from sherpa_fixed import OfflineRecognizer (same API as sherpa_onnx)",
+    CANNOT_WORK: "fix the errors marked ✗ (fix: none) at the source",
+}
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+def _port_line(p: Port) -> str:
+    roles = ", ".join(a.describe() + (" (baked)" if a.baked else "") for a in p.axes)
+    return f"{p.name} {p.shape_text()} {p.dtype}: {roles}"
+
+
+def render_variant(v: VariantReport, verbose: bool = False) -> list[str]:
+    lines = [f"[{v.name}] " + ", ".join(f"{m.graph.name} ({human_bytes(m.graph.size)}"
+                                        + (f" + {human_bytes(m.external.external_bytes)} external)"
+                                           if m.external.uses_external else ")")
+                                        for m in v.models.values())]
+    for role, m in v.models.items():
+        for i, p in enumerate(m.inputs):
+            lines.append(f"  {role if i == 0 else '':8} in  {_port_line(p)}")
+        if verbose:
+            for p in m.outputs:
+                lines.append(f"  {'':8} out {_port_line(p)}")
+    meas = v.measured
+    parts = []
+    for key in ("feat_dim", "vocab_size", "pred_rnn_layers", "pred_hidden", "subsampling_factor"):
+        if meas.get(key) is not None:
+            parts.append(f"{key}={meas.get(key)}")
+    if meas.get("tdt") is not None:
+        parts.append(f"TDT with {meas.get('num_durations')} durations" if meas.get("tdt") else "plain RNNT")
+    lines.append("  measured: " + ", ".join(parts))
+    if verbose:
+        for key, m in meas.values.items():
+            lines.append(f"    {key} = {m.value}  ({m.source})")
+    lines.append(f"  family: {v.recipe.family if v.recipe else 'unknown'} ({v.recipe_reason})")
+    lines.append("  metadata (sherpa-onnx reads from the encoder):")
+    for a in v.metadata_audit:
+        cur = "-" if a.current is None else repr(a.current)
+        exp = "" if a.expected is None or a.status == "ok" else f" -> {a.expected!r}"
+        lines.append(f"    {a.key:<19} {a.status:<10} {cur}{exp}" + (f"   [{a.effect}]" if a.effect else ""))
+    if v.sherpa_error:
+        lines.append(f"  sherpa-onnx as is would say: {v.sherpa_error}")
+    shown = [f for f in v.findings if verbose or f.severity != "info" or f.code in (
+        "encoder.max_length", "encoder.windowed")]
+    shown = [f for f in shown if not f.code.startswith("metadata.")]  # already in the table above
+    if shown:
+        lines.append("  findings:")
+        for f in shown:
+            fix = f" (fix: {f.fix})" if f.fix else ""
+            lines.append(f"    {MARK[f.severity]} {f.message}{fix}")
+    lines.append(f"  verdict [{v.name}]: {v.verdict.text}")
+    return lines
+
+
+def render_report(r: FolderReport, verbose: bool = False) -> str:
+    lines = [f"{r.layout.root}"]
+    if r.tokens:
+        t = r.tokens
+        lines.append(f"tokens: {t.path.name}, {t.count} symbols, <blk> = {t.blank_id}")
+    for v in r.variants:
+        lines.append("")
+        lines += render_variant(v, verbose)
+    if r.findings:
+        lines.append("")
+        for f in r.findings:
+            if verbose or f.severity != "info":
+                lines.append(f"{MARK[f.severity]} {f.message}")
+    verdict = r.verdict
+    lines.append("")
+    lines.append(f"verdict: {verdict.text}")
+    if verdict.code != WORKS:
+        lines.append("next: " + NEXT_STEP[verdict.code].format(folder=r.layout.root))
+    return "\n".join(lines)

@@ -1,0 +1,211 @@
+"""Move tensor bytes between ONNX files and external weight files, streaming.
+
+A 1.1B encoder's weights are 4 GB; nothing here holds more than one
+bounded chunk of them in memory. Bytes are moved with `os.copy_file_range`
+where the kernel offers it (no copy through user space at all) and with a
+fixed-size buffer otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from onnx import ModelProto, TensorProto
+
+from .errors import BadInputError
+from .external_data import resolve_location
+from .onnx_graph import external_info, graph_tensors, initializer_tensors, tensor_nbytes, uses_external_data
+
+CHUNK = 8 << 20  # bytes per read/write when the kernel cannot copy for us
+ALIGN_SMALL = 64
+ALIGN_LARGE = 64 << 10  # page/allocation-granularity aligned, so onnxruntime can mmap big tensors
+LARGE_TENSOR = 1 << 20
+# onnx.save's default size_threshold. Smaller tensors stay inline in the graph: onnxruntime 1.23
+# (sherpa-onnx <= 1.12.35) fails with "model_path must not be empty" when a graph optimizer folds
+# a small external initializer of a model loaded from bytes, whatever the working directory.
+ONNX_THRESHOLD = 1024
+
+Progress = Callable[[int], None]  # called with bytes just written
+
+
+def set_external(t: TensorProto, location: str, offset: int, length: int) -> None:
+    del t.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        e = t.external_data.add()
+        e.key, e.value = key, value
+    t.data_location = TensorProto.EXTERNAL
+    t.ClearField("raw_data")
+
+
+def set_inline(t: TensorProto, data: bytes) -> None:
+    del t.external_data[:]
+    t.data_location = TensorProto.DEFAULT
+    t.raw_data = data
+
+
+def aligned(offset: int, length: int) -> int:
+    a = ALIGN_LARGE if length >= LARGE_TENSOR else ALIGN_SMALL
+    return (offset + a - 1) // a * a
+
+
+def safe_file_name(name: str) -> str:
+    """A tensor name as torch.onnx names per-tensor weight files."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "tensor"
+
+
+def copy_range(src: BinaryIO, dst: BinaryIO, offset: int, length: int, progress: Progress | None = None) -> None:
+    """Copy length bytes from src at offset to dst's current position, without a large buffer."""
+    remaining = length
+    src_fd, dst_fd = src.fileno(), dst.fileno()
+    dst.flush()
+    pos = offset
+    use_kernel = hasattr(os, "copy_file_range")
+    while remaining > 0:
+        n = 0
+        if use_kernel:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, min(remaining, 1 << 30), pos)
+            except OSError:
+                use_kernel = False
+                n = 0
+        if n <= 0:
+            use_kernel = False
+            src.seek(pos)
+            chunk = src.read(min(remaining, CHUNK))
+            if not chunk:
+                raise BadInputError(f"ended {remaining} bytes early", path=src.name,
+                                    fix="the weights file is truncated; re-download or re-export it")
+            dst.write(chunk)
+            dst.flush()
+            n = len(chunk)
+        pos += n
+        remaining -= n
+        if progress:
+            progress(n)
+
+
+@dataclass
+class WeightMove:
+    """Where one tensor's bytes come from."""
+
+    tensor: TensorProto
+    source: Path | None  # None: the bytes are inline (raw_data)
+    offset: int
+    length: int
+
+
+def plan_moves(model: ModelProto, model_path: Path) -> list[WeightMove]:
+    moves = []
+    for t in graph_tensors(model.graph):
+        if uses_external_data(t):
+            info = external_info(t)
+            src = resolve_location(model_path, info.get("location", ""))
+            length = int(info["length"]) if "length" in info else (tensor_nbytes(t) or 0)
+            moves.append(WeightMove(t, src, int(info.get("offset", "0") or 0), length))
+    return moves
+
+
+def write_weights_file(
+    moves: Iterable[WeightMove],
+    out_path: Path,
+    location: str,
+    progress: Progress | None = None,
+) -> int:
+    """Stream every tensor into one weights file at out_path; point the tensors at `location`.
+
+    The tensor protos are updated in place; returns the file's size. The
+    caller owns out_path (normally a temp file renamed into place later).
+    """
+    handles: dict[Path, BinaryIO] = {}
+    offset = 0
+    try:
+        with open(out_path, "wb") as dst:
+            for mv in moves:
+                start = aligned(offset, mv.length)
+                if start > offset:
+                    dst.write(b"\0" * (start - offset))
+                if mv.source is None:
+                    dst.write(mv.tensor.raw_data)
+                    if progress:
+                        progress(mv.length)
+                else:
+                    src = handles.get(mv.source)
+                    if src is None:
+                        try:
+                            src = handles[mv.source] = open(mv.source, "rb")  # noqa: SIM115
+                        except OSError as exc:
+                            raise BadInputError(f"cannot read weights ({exc.strerror})", path=mv.source,
+                                                fix="restore the file beside the model") from exc
+                    copy_range(src, dst, mv.offset, mv.length, progress)
+                set_external(mv.tensor, location, start, mv.length)
+                offset = start + mv.length
+            dst.flush()
+            os.fsync(dst.fileno())
+        return offset
+    finally:
+        for h in handles.values():
+            h.close()
+
+
+def externalize_inline(
+    model: ModelProto,
+    folder: Path,
+    location_for: Callable[[TensorProto], str],
+    *,
+    threshold: int = 0,
+) -> dict[str, int]:
+    """Move inline tensors (raw_data >= threshold bytes) into external files in folder.
+
+    Used to build test models and by `prepare` for graphs too big for one protobuf.
+    Returns bytes written per location.
+    """
+    written: dict[str, int] = {}
+    files: dict[str, BinaryIO] = {}
+    try:
+        for t in initializer_tensors(model.graph):
+            if uses_external_data(t) or not t.HasField("raw_data") or len(t.raw_data) < max(threshold, 1):
+                continue
+            loc = location_for(t)
+            f = files.get(loc)
+            if f is None:
+                path = Path(loc) if os.path.isabs(loc) else folder / loc
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = files[loc] = open(path, "wb")  # noqa: SIM115
+                written[loc] = 0
+            start = aligned(written[loc], len(t.raw_data))
+            f.write(b"\0" * (start - written[loc]))
+            data = t.raw_data
+            f.write(data)
+            set_external(t, loc, start, len(data))
+            written[loc] = start + len(data)
+    finally:
+        for f in files.values():
+            f.close()
+    return written
+
+
+def inline_external(model: ModelProto, model_path: Path) -> int:
+    """Read every external tensor into raw_data (for --inline). Returns bytes read."""
+    total = 0
+    handles: dict[Path, BinaryIO] = {}
+    try:
+        for mv in plan_moves(model, model_path):
+            src = handles.get(mv.source)
+            if src is None:
+                src = handles[mv.source] = open(mv.source, "rb")  # noqa: SIM115
+            src.seek(mv.offset)
+            data = src.read(mv.length)
+            if len(data) != mv.length:
+                raise BadInputError(f"ended before tensor {mv.tensor.name!r}", path=mv.source,
+                                    fix="the weights file is truncated; re-download or re-export it")
+            set_inline(mv.tensor, data)
+            total += mv.length
+    finally:
+        for h in handles.values():
+            h.close()
+    return total
