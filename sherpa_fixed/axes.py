@@ -61,7 +61,7 @@ class Axis:
             return f"{word} dynamic"
         if self.role in ("features", "state_layers", "vocab"):
             return f"{self.size} {word}"
-        if self.role in ("hidden", "state_hidden"):
+        if self.role in ("hidden", "state_hidden", "state_batch"):
             return f"{word} {self.size}"
         return f"{word} FIXED {self.size}"
 
@@ -212,11 +212,12 @@ def pre_encoder_strides(g: GraphFile) -> tuple[int, list[str]] | None:
     """
     factor = 1
     used: list[str] = []
-    convs = [n for n in all_nodes(g.model.graph) if n.op_type in ("Conv", "ConvTranspose")]
+    # ConvInteger / QLinearConv: the same convolutions after quantize_dynamic / static quantization.
+    convs = [n for n in all_nodes(g.model.graph) if n.op_type in ("Conv", "ConvInteger", "QLinearConv")]
     pre = [n for n in convs if "pre_encode" in n.name] or convs
     for node in pre:
         strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [])
-        if strides and strides[0] > 1 and node.op_type == "Conv":
+        if strides and strides[0] > 1:
             factor *= strides[0]
             used.append(f"{node.name or node.output[0]} stride {strides[0]}")
     if not used:

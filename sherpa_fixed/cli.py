@@ -116,6 +116,76 @@ def inspect_cmd(paths, encoder, decoder, joiner, tokens, variants, probe, as_jso
     sys.exit(report.verdict.exit_code)
 
 
+class _Bar:
+    """A progress bar on stderr for long rewrites; silent when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.phase = None
+        self.bar = None
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled or total <= 1:
+            return
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            self.bar = click.progressbar(length=total, label=phase, file=sys.stderr, show_eta=True)
+            self.bar.__enter__()
+            self.last = 0
+        self.bar.update(done - self.last)
+        self.last = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@main.command("prepare")
+@click.argument("model_dir", type=click.Path())
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Write the prepared folder here (new).")
+@click.option("--in-place", is_flag=True, help="Rewrite the folder itself, atomically file by file.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (old -> new, and why); change nothing.")
+@click.option("--inline", is_flag=True,
+              help="Put external weights inside the .onnx files (for loading from memory, e.g. app assets); "
+                   "refused when a file would exceed protobuf's 2 GiB limit.")
+@click.option("--force", is_flag=True, help="Replace an existing, non-empty --output folder.")
+@click.option("--verify", type=click.Choice(["auto", "full", "fast", "off"]), default="auto", show_default=True,
+              help="auto: onnxruntime bit-identity runs and a sherpa-onnx decode for models under 1 GiB and for "
+                   "any graph whose shapes changed, streamed byte comparison otherwise; full: always run; "
+                   "fast: byte comparison only; off: trust the rewrite.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@handle_errors
+def prepare_cmd(model_dir, output, in_place, dry_run, inline, force, verify, as_json):
+    """Rewrite MODEL_DIR so stock sherpa-onnx accepts it.
+
+    Fixes the encoder metadata (fp32 and int8) from what the graphs measure,
+    frees fixed sizes that are only declared, consolidates scattered weights
+    into one <stem>.weights per model with bare relative locations, and
+    keeps small tensors inline so old sherpa-onnx builds load it too. Large
+    weight files that need no change are never rewritten. Every written
+    file goes through a temp file and an atomic rename; after writing, the
+    result is verified and a failed check restores the original.
+
+    Exit code: 0 done or nothing to do, 1 could not fully fix (reason given), 2 bad input.
+    """
+    from .prepare import prepare_folder
+    from .render import render_prepare
+
+    bar = _Bar(enabled=not as_json)
+    try:
+        result = prepare_folder(model_dir, output=output, in_place=in_place, dry_run=dry_run, inline=inline,
+                                force=force, verify=verify, progress=bar)
+    finally:
+        bar.close()
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo(render_prepare(result))
+    sys.exit(result.exit_code)
+
+
 @main.command("demo")
 @click.argument("folder", required=False, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the inspect report as JSON.")

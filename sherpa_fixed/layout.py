@@ -206,7 +206,7 @@ def find_layout(
     for p in paths:
         if p.is_dir():
             for child in sorted(p.iterdir()):
-                if child.is_file():
+                if child.is_file() and not child.name.startswith("."):  # hidden: ours (.sf-*) or not models
                     classify_file(child, from_folder=True)
         else:
             classify_file(p, from_folder=False)

@@ -7,6 +7,7 @@ an ambiguous or unknown model falls back to NeMo's defaults, loudly.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -47,15 +48,24 @@ class Recipe:
         return compared >= 3  # feat_dim, vocab and durations at least
 
 
+RECIPES_ENV = "SHERPA_FIXED_RECIPES"
+
+
 def recipe_dirs() -> list[Path]:
+    """Folders searched for recipes: $SHERPA_FIXED_RECIPES (os.pathsep-separated) first, then ours."""
     here = Path(__file__).resolve().parent
-    return [p for p in (here / "_data" / "patches", here.parent / "patches") if p.is_dir()]
+    extra = [Path(p) for p in os.environ.get(RECIPES_ENV, "").split(os.pathsep) if p]
+    return [p for p in (*extra, here / "_data" / "patches", here.parent / "patches") if p.is_dir()]
 
 
-@lru_cache(maxsize=1)
 def load_recipes() -> tuple[Recipe, ...]:
+    return _load(tuple(recipe_dirs()))
+
+
+@lru_cache(maxsize=8)
+def _load(folders: tuple[Path, ...]) -> tuple[Recipe, ...]:
     recipes: dict[str, Recipe] = {}
-    for folder in recipe_dirs():
+    for folder in folders:
         for path in sorted(folder.glob("*.json")):
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))

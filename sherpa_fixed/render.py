@@ -5,6 +5,7 @@ from __future__ import annotations
 from .axes import Port
 from .findings import CANNOT_WORK, NEEDS_PREPARE, NEEDS_WINDOW, WORKS
 from .inspector import FolderReport, VariantReport
+from .prepare import PrepareResult
 
 MARK = {"error": "✗", "warning": "!", "info": "·"}
 NEXT_STEP = {
@@ -91,4 +92,37 @@ def render_report(r: FolderReport, verbose: bool = False) -> str:
     lines.append(f"verdict: {verdict.text}")
     if verdict.code != WORKS:
         lines.append("next: " + NEXT_STEP[verdict.code].format(folder=r.layout.root))
+    return "\n".join(lines)
+
+
+def render_prepare(r: PrepareResult) -> str:
+    plan = r.plan
+    head = {"dry-run": f"plan for {r.source} (dry run: nothing written)",
+            "in-place": f"prepare {r.source} (in place)",
+            "output": f"prepare {r.source} -> {r.target}"}[r.mode]
+    lines = [head]
+    if r.nothing_to_do:
+        lines.append("  nothing needs doing: sherpa-onnx accepts this folder as it is")
+    else:
+        lines.append("  changes:")
+        lines += [f"    {c.line()}" for c in plan.changes]
+    for w in plan.warnings:
+        lines.append(f"  ! {w}")
+    for b in plan.blockers:
+        lines.append(f"  ✗ {b}")
+    if r.mode != "dry-run":
+        if r.written:
+            lines.append("  written: " + ", ".join(r.written))
+        if r.linked:
+            lines.append("  linked (unchanged, no bytes copied): " + ", ".join(r.linked))
+        if r.removed:
+            lines.append("  removed (no longer referenced): " + ", ".join(r.removed))
+        for c in r.checks:
+            lines.append(f"  {'✓' if c.ok else '✗'} {c.kind} check {c.file}: {c.detail}")
+        if any(not c.ok for c in r.checks):
+            lines.append("  verification failed: the original files were left as they were")
+        timing = ", ".join(f"{k} {v:.2f} s" for k, v in r.seconds.items())
+        lines.append(f"  time: {timing}")
+    if r.exit_code == 0 and not r.nothing_to_do and r.mode != "dry-run":
+        lines.append("done: stock sherpa-onnx loads this folder with model_type='nemo_transducer'")
     return "\n".join(lines)

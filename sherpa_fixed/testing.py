@@ -90,8 +90,8 @@ class WeightSink:
     """Streams large random weights straight into an external file, so a multi-GB test encoder
     never exists in memory (benchmarks of inspect/prepare on >2 GiB models use this)."""
 
-    def __init__(self, path: Path, location: str, threshold: int = ONNX_THRESHOLD):
-        self.path, self.location, self.threshold = path, location, threshold
+    def __init__(self, path: Path, location: str, threshold: int = ONNX_THRESHOLD, sparse: bool = False):
+        self.path, self.location, self.threshold, self.sparse = path, location, threshold, sparse
         self.file = open(path, "wb")  # noqa: SIM115 - closed by close()
         self.offset = 0
 
@@ -102,6 +102,9 @@ class WeightSink:
         start = aligned(self.offset, count * 4)
         self.file.write(b"\0" * (start - self.offset))
         remaining = count
+        if self.sparse:  # all-zero weights as a hole: real dims and sizes, no disk or time spent
+            self.file.seek(count * 4, os.SEEK_CUR)
+            remaining = 0
         while remaining:
             n = min(remaining, 1 << 22)
             self.file.write((rng.standard_normal(n, dtype=np.float32) * scale).tobytes())
@@ -114,6 +117,7 @@ class WeightSink:
         return t
 
     def close(self) -> None:
+        self.file.truncate(self.offset)
         self.file.close()
 
 
@@ -394,12 +398,13 @@ def write_model_folder(folder: str | os.PathLike, spec: ModelSpec | None = None,
     return folder
 
 
-def write_big_model_folder(folder: str | os.PathLike, spec: ModelSpec) -> Path:
+def write_big_model_folder(folder: str | os.PathLike, spec: ModelSpec, *, sparse: bool = False) -> Path:
     """Like write_model_folder, but the encoder's weights stream to encoder.weights as they are
-    generated: memory stays flat however large d_model and layers make it."""
+    generated: memory stays flat however large d_model and layers make it. sparse=True writes
+    all-zero weights as a file hole (real-size models for structural tests, in no time)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sink = WeightSink(folder / "encoder.weights", "encoder.weights")
+    sink = WeightSink(folder / "encoder.weights", "encoder.weights", sparse=sparse)
     try:
         encoder = make_encoder(spec, sink)
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,31 @@ def nemo_copy(tmp_path):
     return copy
 
 
-def old_sherpa_python() -> str | None:
-    """Interpreter of an environment with sherpa-onnx 1.12.35, if CI (or you) made one."""
-    py = os.environ.get("SHERPA_FIXED_OLD_PYTHON")
-    return py if py and Path(py).exists() else None
+REPO = Path(__file__).resolve().parent.parent
+OLD_SHERPA = "1.12.35"  # the last release whose sessions resolve relative weights against the cwd
+
+
+@pytest.fixture(scope="session")
+def old_sherpa_python() -> str:
+    """Interpreter of a second environment with sherpa-onnx 1.12.35 (bundling onnxruntime 1.23.2).
+
+    Made once in .venv-old-sherpa/ (from the package registry) unless $SHERPA_FIXED_OLD_PYTHON
+    names one. sherpa_fixed itself is used there from this checkout via PYTHONPATH.
+    """
+    given = os.environ.get("SHERPA_FIXED_OLD_PYTHON")
+    if given:
+        return given
+    venv = REPO / ".venv-old-sherpa"
+    py = venv / "bin" / "python"
+    if not (venv / ".complete").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", f"sherpa-onnx=={OLD_SHERPA}", "numpy", "onnx",
+                        "onnxruntime", "click"], check=True)
+        (venv / ".complete").write_text("ok")
+    return str(py)
+
+
+def run_python(python: str, code: str, *args: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """Run code in another interpreter with this checkout importable."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([python, "-c", code, *args], capture_output=True, text=True, cwd=cwd, env=env)

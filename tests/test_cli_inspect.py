@@ -91,3 +91,28 @@ def test_help_explains_exit_codes():
     code, out, _ = run("inspect", "--help")
     assert code == 0
     assert "Exit code: 0 works as is, 1 needs fixing, 2 unusable input." in " ".join(out.split())
+
+
+def test_prepare_json_reports_changes_and_checks(make_folder, tmp_path):
+    folder = make_folder(metadata="wrong_feat_dim")
+    code, out, _ = run("prepare", folder, "--output", tmp_path / "out", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["schema"] == "sherpa-fixed/prepare" and data["exit_code"] == 0
+    change = next(c for c in data["changes"] if c["what"] == "feat_dim")
+    assert (change["old"], change["new"]) == ("128", "80")
+    assert {c["kind"] for c in data["checks"]} == {"run", "sherpa"}
+    assert all(c["ok"] for c in data["checks"])
+
+
+def test_prepare_needs_a_destination(make_folder):
+    code, _, err = run("prepare", make_folder())
+    assert code == 2 and "--output DIR, or --in-place" in err
+
+
+def test_demo_builds_prepares_and_decodes(tmp_path):
+    code, out, _ = run("demo", tmp_path / "demo")
+    assert code == 0
+    assert "'vocab_size' does not exist in the metadata" in out
+    assert "loads and decodes 1 s of audio" in out
+    assert (tmp_path / "demo" / "prepared" / "encoder.weights").exists()

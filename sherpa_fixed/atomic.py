@@ -1,0 +1,126 @@
+"""Write files so that a crash at any moment leaves either the old file or the new one.
+
+Every file prepare writes goes to a hidden temp name in the destination
+folder, is fsynced, then renamed over its final name (rename is atomic
+within a filesystem). Temp and backup names start with `.sf-` so that a run
+killed with -9 leaves nothing a model loader would pick up, and the next run
+sweeps them away.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from .errors import BadInputError
+
+PREFIX = ".sf-"
+
+
+def temp_path(final: Path, tag: str = "tmp") -> Path:
+    return final.with_name(f"{PREFIX}{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}")
+
+
+def is_ours(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(final: Path, data: bytes) -> None:
+    tmp = temp_path(final)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(exc, final) from exc
+
+
+def disk_error(exc: OSError, path: Path) -> BadInputError:
+    if exc.errno == errno.ENOSPC:
+        return BadInputError("disk full while writing", path=path, fix="free space and run again; nothing was changed")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return BadInputError("no permission to write", path=path,
+                             fix="use --output DIR on a writable disk, or fix the folder's permissions")
+    return BadInputError(f"cannot write ({exc.strerror})", path=path)
+
+
+def sweep_stale(folder: Path) -> list[Path]:
+    """Remove temp/backup files left by runs that were killed (their pid no longer exists)."""
+    removed = []
+    for p in folder.iterdir():
+        if not is_ours(p.name):
+            continue
+        parts = p.name[len(PREFIX):].split("-", 2)
+        try:
+            pid = int(parts[1])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        # Every graph was replaced by an atomic rename, so the folder is complete without these;
+        # a backup only matters to the live run that made it.
+        try:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_writable(folder: Path) -> None:
+    probe = folder / f"{PREFIX}probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise disk_error(exc, folder) from exc
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise BadInputError(f"needs {needed / 1e9:.2f} GB free but only {free / 1e9:.2f} GB are", path=folder,
+                            fix="free space or use --output on another disk; nothing was changed")
+
+
+def link_or_copy(src: Path, dst: Path) -> str:
+    """Hard-link src to dst (no bytes written), or copy it when linking is impossible."""
+    try:
+        os.link(src, dst)
+        return "linked"
+    except OSError:
+        try:
+            shutil.copyfile(src, dst)  # uses the kernel's copy (sendfile/copy_file_range) on Linux
+        except OSError as exc:
+            raise disk_error(exc, dst) from exc
+        return "copied"

@@ -1,0 +1,633 @@
+"""Rewrite an exported folder so stock sherpa-onnx accepts it, safely and at disk speed.
+
+The plan comes from the inspector's analysis (never re-derived here):
+metadata keys it found missing or wrong, fixed sizes it found only
+declared, and weight layouts that some sherpa-onnx build refuses. Applying
+it writes each changed file to a temp name and renames it into place; big
+weight files that need no change are never rewritten (linked into an
+output folder, left alone in place); weights that must move are streamed
+tensor by tensor with a bounded buffer. Then the result is verified, and a
+failed verification restores the original.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from . import __version__
+from .atomic import (
+    PREFIX,
+    check_free_space,
+    check_writable,
+    disk_error,
+    fsync_dir,
+    link_or_copy,
+    sweep_stale,
+    temp_path,
+    write_bytes_atomic,
+)
+from .errors import EXIT_NEEDS_FIX, EXIT_OK, BadInputError, NeedsFixError
+from .external_data import ExternalAudit, is_absolute_location, resolve_location
+from .findings import CANNOT_WORK
+from .inspector import FolderReport, VariantReport, inspect_folder
+from .metadata import PREPARED_BY_KEY
+from .onnx_graph import GraphFile, initializer_tensors, load_graph, uses_external_data
+from .probe import EncoderProbe, probe_encoder
+from .sherpa_check import run_sherpa
+from .verify import Check, byte_proof, run_proof
+from .weights import ONNX_THRESHOLD, WeightMove, plan_moves, set_inline, write_weights_file
+
+PROTOBUF_LIMIT = (2 << 30) - (64 << 20)  # 2 GiB, with room for the graph itself
+RUN_PROOF_LIMIT = 1 << 30  # models above this are byte-proven unless their graph changed or --verify full
+VERIFY_MODES = ("auto", "full", "fast", "off")
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass
+class Change:
+    file: str
+    kind: str  # metadata | dims | weights
+    what: str
+    old: str | None
+    new: str | None
+    why: str
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "kind": self.kind, "what": self.what, "old": self.old, "new": self.new,
+                "why": self.why}
+
+    def line(self) -> str:
+        arrow = f"{self.old!r} -> {self.new!r}" if self.kind == "metadata" else f"{self.old} -> {self.new}"
+        return f"{self.file}: {self.what}: {arrow}  ({self.why})"
+
+
+@dataclass
+class FilePlan:
+    role: str
+    variant: str
+    graph: GraphFile
+    audit: ExternalAudit
+    metadata: dict[str, str] = field(default_factory=dict)  # keys to set
+    freed: dict[str, dict[int, str]] = field(default_factory=dict)  # port name -> axis -> new dim name
+    weights: str = "keep"  # keep | relocate | inline_small | consolidate | inline
+    weights_name: str | None = None
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.graph.path.name
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.graph.size + self.audit.external_bytes
+
+
+@dataclass
+class Plan:
+    report: FolderReport
+    files: list[FilePlan]
+    warnings: list[str]
+    blockers: list[str]  # what prepare cannot fix (e.g. a baked time axis)
+
+    @property
+    def changes(self) -> list[Change]:
+        return [c for f in self.files for c in f.changes]
+
+
+@dataclass
+class PrepareResult:
+    source: Path
+    target: Path
+    mode: str  # output | in-place | dry-run
+    plan: Plan
+    written: list[str] = field(default_factory=list)
+    linked: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.plan.changes
+
+    @property
+    def exit_code(self) -> int:
+        if any(not c.ok for c in self.checks):
+            return EXIT_NEEDS_FIX
+        return EXIT_NEEDS_FIX if self.plan.blockers else EXIT_OK
+
+    def to_json(self) -> dict:
+        return {
+            "schema": "sherpa-fixed/prepare",
+            "schema_version": 1,
+            "sherpa_fixed_version": __version__,
+            "source": str(self.source),
+            "target": str(self.target),
+            "mode": self.mode,
+            "nothing_to_do": self.nothing_to_do,
+            "exit_code": self.exit_code,
+            "changes": [c.to_json() for c in self.plan.changes],
+            "warnings": self.plan.warnings,
+            "blockers": self.plan.blockers,
+            "written": self.written,
+            "linked": self.linked,
+            "removed": self.removed,
+            "checks": [c.to_json() for c in self.checks],
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _usage(report: FolderReport) -> dict[Path, set[Path]]:
+    """Weights file -> model files (resolved) that reference it."""
+    users: dict[Path, set[Path]] = {}
+    for v in report.variants:
+        for m in v.models.values():
+            for f in m.external.files:
+                users.setdefault(f.path.resolve(), set()).add(m.graph.path.resolve())
+    return users
+
+
+def _plan_weights(fp: FilePlan, users: dict[Path, set[Path]], inline: bool) -> None:
+    audit = fp.audit
+    if not audit.uses_external:
+        return
+    folder = fp.graph.path.parent.resolve()
+    stem = fp.name[: -len(".onnx")] if fp.name.endswith(".onnx") else fp.name
+    if inline:
+        size = fp.graph.size + audit.external_bytes
+        if size > PROTOBUF_LIMIT:
+            raise NeedsFixError(
+                f"--inline would make a {size / 1e9:.2f} GB graph, over protobuf's 2 GiB limit",
+                path=fp.graph.path,
+                fix="keep external weights for this model (the int8 model usually fits), nothing was changed",
+            )
+        fp.weights = "inline"
+        fp.changes.append(Change(fp.name, "weights", "inline", f"{len(audit.files)} external file(s)",
+                                 "inside the graph", "--inline: models loaded from memory need no weight files"))
+        return
+    files = audit.files
+    outside = [f for f in files if f.path.resolve().parent != folder]
+    foreign_shared = [f for f in files if len(users.get(f.path.resolve(), ())) > 1
+                      and f.path.name != f"{stem}.weights"]
+    if len(files) > 1 or outside or foreign_shared:
+        fp.weights = "consolidate"
+        fp.weights_name = f"{stem}.weights"
+        if len(files) > 1:
+            why = f"{len(files)} scattered files become one per model"
+        elif outside:
+            why = f"{outside[0].location!r} is outside the model folder"
+        else:
+            why = f"{foreign_shared[0].location!r} is shared with another model; each model gets its own file"
+        fp.changes.append(Change(fp.name, "weights", "consolidate", ", ".join(f.location for f in files[:3])
+                                 + (" ..." if len(files) > 3 else ""), fp.weights_name, why))
+        return
+    only = files[0]
+    if is_absolute_location(only.location):
+        fp.weights = "relocate"
+        fp.changes.append(Change(fp.name, "weights", "location", only.location, only.path.name,
+                                 "onnxruntime >= 1.28 refuses absolute locations"))
+    small = [r for r in _refs(fp) if (r.length or 0) < ONNX_THRESHOLD]
+    if small:
+        fp.weights = "relocate" if fp.weights == "relocate" else "inline_small"
+        fp.changes.append(Change(fp.name, "weights", "inline small tensors", f"{len(small)} external",
+                                 "inside the graph", "sherpa-onnx <= 1.12.35 fails on small external "
+                                 "initializers ('model_path must not be empty')"))
+
+
+def _refs(fp: FilePlan):
+    return fp.audit.refs
+
+
+def _plan_metadata(fp: FilePlan, v: VariantReport, warnings: list[str]) -> None:
+    current = fp.graph.metadata
+    for audit in v.metadata_audit:
+        if audit.status in ("missing", "wrong") and audit.expected is not None:
+            exp = v.expected[audit.key]
+            fp.metadata[audit.key] = audit.expected
+            fp.changes.append(Change(fp.name, "metadata", audit.key, audit.current, audit.expected,
+                                     exp.source))
+            if not exp.measured and not exp.source.startswith("recipe") and audit.key != "url":
+                warnings.append(f"{audit.key}={audit.expected!r} cannot be measured from the graphs; it is the "
+                                f"{exp.source.split(' (')[0]}: check it against the model's NeMo config")
+    for key, exp in v.expected.items():
+        if key not in current and key not in fp.metadata and exp.source.startswith("recipe"):
+            fp.metadata[key] = exp.value
+            fp.changes.append(Change(fp.name, "metadata", key, None, exp.value, exp.source))
+
+
+def _dim_name(port: str, axis: int) -> str:
+    return f"{port.replace('.', '_').replace(':', '_')}_dynamic_axes_{axis + 1}"
+
+
+def _plan_dims(fp: FilePlan, v: VariantReport, probe: EncoderProbe | None, blockers: list[str],
+               warnings: list[str]) -> None:
+    audio = v.encoder.inputs[0]
+    time, batch = audio.axis("time"), audio.axis("batch")
+    free_time = time is not None and time.fixed and not time.baked and not (probe and probe.time_baked)
+    free_batch = batch is not None and batch.fixed and probe is not None and probe.batch_baked is False
+    if time is not None and time.fixed and not free_time:
+        blockers.append(f"{fp.name}: the time axis is baked at {time.size} frames; stock sherpa-onnx cannot "
+                        "decode other lengths. Use sherpa_fixed.OfflineRecognizer (same API), or prepare --window")
+    if batch is not None and batch.fixed and not free_batch and probe is not None:
+        warnings.append(f"{fp.name}: batch stays fixed to {batch.size} (baked); decode one stream at a time")
+    for port in v.encoder.inputs + v.encoder.outputs:
+        for a in port.axes:
+            if a.fixed and ((a.role == "time" and free_time) or (a.role == "batch" and free_batch)):
+                fp.freed.setdefault(port.name, {})[a.index] = _dim_name(port.name, a.index)
+                fp.changes.append(Change(fp.name, "dims", f"{port.name} axis {a.index} ({a.role})", str(a.size),
+                                         fp.freed[port.name][a.index],
+                                         "declared only: the graph runs at other sizes (probe)"))
+
+
+def plan_prepare(report: FolderReport, *, inline: bool = False) -> Plan:
+    """Decide every change from an inspect report; writes nothing."""
+    if report.verdict.code == CANNOT_WORK:
+        raise BadInputError("cannot be prepared: " + "; ".join(report.verdict.reasons[:3]),
+                            path=report.layout.root, fix="fix these at the source (re-export or re-download)")
+    users = _usage(report)
+    plans: dict[Path, FilePlan] = {}
+    warnings: list[str] = []
+    blockers: list[str] = []
+    for v in report.variants:
+        for role, m in v.models.items():
+            path = m.graph.path.resolve()
+            fp = plans.get(path)
+            if fp is None:
+                fp = plans[path] = FilePlan(role, v.name, m.graph, m.external)
+                _plan_weights(fp, users, inline)
+            if role == "encoder":
+                _plan_metadata(fp, v, warnings)
+                time = v.time_axis()
+                batch = v.encoder.inputs[0].axis("batch")
+                # Static evidence of baking is only evidence: before deciding, run the graph.
+                needs_probe = (time is not None and time.fixed) or (batch is not None and batch.fixed)
+                probe = v.probe
+                if needs_probe and probe is None:
+                    probe = probe_encoder(m.graph, v.measured.get("feat_dim"))
+                    if probe.time_baked is not None and time is not None:
+                        time.baked = probe.time_baked
+                _plan_dims(fp, v, probe, blockers, warnings)
+    files = list(plans.values())
+    for fp in files:
+        if fp.changed:
+            record = {"version": __version__,
+                      "changed": sorted({c.what for c in fp.changes})}
+            fp.metadata[PREPARED_BY_KEY] = json.dumps(record, sort_keys=True)
+    for v in report.variants:
+        if v.recipe is None and any(c.kind == "metadata" for f in files for c in f.changes):
+            warnings.append(f"[{v.name}] model family not recognised ({v.recipe_reason}): normalize_type and url "
+                            "come from NeMo defaults; add a recipe in patches/ if you know the family")
+            break
+    return Plan(report, files, list(dict.fromkeys(warnings)), list(dict.fromkeys(blockers)))
+
+
+# ----------------------------------------------------------------------------- applying
+
+
+def _rewrite_graph(fp: FilePlan, out_dir: Path, progress: Progress | None) -> tuple[bytes, Path | None]:
+    """The new graph's bytes, and the new weights file written (temp name) when consolidating."""
+    model = onnx.load(str(fp.graph.path), load_external_data=False)
+    for key, value in fp.metadata.items():
+        existing = next((p for p in model.metadata_props if p.key == key), None)
+        if existing is None:
+            existing = model.metadata_props.add()
+            existing.key = key
+        existing.value = value
+    if fp.freed:
+        for vi in list(model.graph.input) + list(model.graph.output):
+            for axis, name in fp.freed.get(vi.name, {}).items():
+                d = vi.type.tensor_type.shape.dim[axis]
+                d.Clear()
+                d.dim_param = name
+        del model.graph.value_info[:]
+
+    new_weights: Path | None = None
+    src_path = fp.graph.path
+    if fp.weights in ("relocate", "inline_small", "consolidate", "inline"):
+        moves = plan_moves(model, src_path)
+        small = [mv for mv in moves if mv.length < ONNX_THRESHOLD or fp.weights == "inline"]
+        _inline(small, src_path)
+        big = [mv for mv in moves if mv not in small]
+        if fp.weights == "relocate":
+            for mv in big:
+                for e in mv.tensor.external_data:
+                    if e.key == "location":
+                        e.value = mv.source.name
+        elif fp.weights == "consolidate" and big:
+            new_weights = temp_path(out_dir / fp.weights_name)
+            total = sum(mv.length for mv in big)
+            done = [0]
+
+            def tick(n: int) -> None:
+                done[0] += n
+                if progress:
+                    progress(f"writing {fp.weights_name}", done[0], total)
+
+            write_weights_file(big, new_weights, fp.weights_name, tick)
+    data = model.SerializeToString()
+    return data, new_weights
+
+
+def _inline(moves: list[WeightMove], model_path: Path) -> None:
+    by_file: dict[Path, list[WeightMove]] = {}
+    for mv in moves:
+        by_file.setdefault(mv.source, []).append(mv)
+    for path, mvs in by_file.items():
+        try:
+            with open(path, "rb") as f:
+                for mv in mvs:
+                    f.seek(mv.offset)
+                    data = f.read(mv.length)
+                    if len(data) != mv.length:
+                        raise BadInputError(f"ended before tensor {mv.tensor.name!r}", path=path,
+                                            fix="the weights file is truncated; re-download or re-export it")
+                    set_inline(mv.tensor, data)
+        except OSError as exc:
+            raise BadInputError(f"cannot read weights ({exc.strerror})", path=path) from exc
+
+
+def _referenced(model_path: Path) -> set[Path]:
+    g = load_graph(model_path)
+    out = set()
+    for t in initializer_tensors(g.model.graph):
+        if uses_external_data(t):
+            for e in t.external_data:
+                if e.key == "location":
+                    out.add(resolve_location(model_path, e.value).resolve())
+    return out
+
+
+def _bytes_to_write(plan: Plan) -> int:
+    n = 0
+    for fp in plan.files:
+        if fp.changed:
+            n += fp.graph.size + 4096
+            if fp.weights in ("consolidate", "inline"):
+                n += fp.audit.external_bytes
+    return n
+
+
+def _verify(plan: Plan, target: Path, mode: str, progress: Progress | None) -> list[Check]:
+    checks: list[Check] = []
+    if mode == "off":
+        return checks
+    for fp in plan.files:
+        if not fp.changed:
+            continue
+        new_path = target / fp.name
+        v = plan.report.variant(fp.variant)
+        feat = v.measured.get("feat_dim") if v else None
+        vocab = v.measured.get("vocab_size") if v else None
+        if progress:
+            progress(f"verifying {fp.name}", 0, 1)
+        big = fp.total_bytes > RUN_PROOF_LIMIT
+        if fp.freed or mode == "full" or (mode == "auto" and not big):
+            time_freed = any("time" in c.what for c in fp.changes if c.kind == "dims")
+            batch_freed = any("batch" in c.what for c in fp.changes if c.kind == "dims")
+            native = fp.graph.inputs[0].fixed(2) if fp.role == "encoder" else None
+            checks.append(run_proof(fp.role, fp.graph, new_path,
+                                    extra_frames=[native // 2, native * 2] if time_freed and native else None,
+                                    extra_batches=[2] if batch_freed else None, feat_dim=feat, vocab=vocab))
+        if fp.weights in ("consolidate", "relocate", "inline_small", "inline") or (mode == "fast" or big):
+            new_model = onnx.load(str(new_path), load_external_data=False)
+            checks.append(byte_proof(fp.graph, new_model, new_path, fp.freed))
+    # sherpa-onnx itself loads every model set and decodes: 1 s of audio, or for an encoder whose
+    # time axis stays fixed, exactly one window's worth (FACTS.md section 5: (N + 80) // 160 frames).
+    for v in plan.report.variants:
+        size = sum(m.graph.size + m.external.external_bytes for m in v.models.values())
+        if mode == "fast" or (mode == "auto" and size > RUN_PROOF_LIMIT):
+            continue
+        if not any(f.changed and f.variant == v.name for f in plan.files):
+            continue
+        enc = v.encoder.graph
+        fixed_t = enc.inputs[0].fixed(2) if not any(
+            f.freed for f in plan.files if f.graph.path == enc.path) else None
+        samples = fixed_t * 160 - 80 if fixed_t else 16000
+        files = {role: target / m.graph.path.name for role, m in v.models.items()}
+        tokens = target / plan.report.layout.tokens.name
+        run = run_sherpa(files["encoder"], files["decoder"], files["joiner"], tokens, samples=[samples],
+                         cwd=target)
+        what = f"{samples / 16000:g} s of audio" + (f" (exactly its {fixed_t}-frame window)" if fixed_t else "")
+        detail = (f"sherpa-onnx {run.version} loaded the {v.name} set and decoded {what}: "
+                  f"{len(run.results[0]['tokens'])} tokens") if run.ok else f"sherpa-onnx failed: {run.error}"
+        checks.append(Check(files["encoder"].name, "sherpa", run.ok, detail))
+    return checks
+
+
+def prepare_folder(
+    source: str | os.PathLike,
+    *,
+    output: str | os.PathLike | None = None,
+    in_place: bool = False,
+    dry_run: bool = False,
+    inline: bool = False,
+    force: bool = False,
+    verify: str = "auto",
+    progress: Progress | None = None,
+    report: FolderReport | None = None,
+) -> PrepareResult:
+    """Plan and apply the rewrite; see the module docstring. Raises SherpaFixedError on bad input."""
+    if verify not in VERIFY_MODES:
+        raise BadInputError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
+    source = Path(source)
+    if not source.is_dir():
+        raise BadInputError("not a folder" if source.exists() else "folder not found", path=source,
+                            fix="prepare takes the model folder")
+    if not dry_run and not in_place and output is None:
+        raise BadInputError("say where to write: --output DIR, or --in-place", path=source)
+    if in_place and output is not None:
+        raise BadInputError("--in-place and --output exclude each other")
+    if not dry_run:
+        sweep_stale(source)
+    t0 = time.perf_counter()
+    report = report or inspect_folder(source)
+    plan = plan_prepare(report, inline=inline)
+    seconds = {"plan": time.perf_counter() - t0}
+    target = Path(output) if output is not None else source
+    mode = "dry-run" if dry_run else ("in-place" if in_place else "output")
+    result = PrepareResult(source, target, mode, plan, seconds=seconds)
+    if dry_run:
+        return result
+    if in_place:
+        if plan.changes:
+            _apply_in_place(plan, result, verify, progress)
+        return result
+    _apply_to_output(plan, result, Path(output), force, verify, progress)
+    return result
+
+
+def _apply_in_place(plan: Plan, result: PrepareResult, verify: str, progress: Progress | None) -> None:
+    folder = result.source
+    check_writable(folder)
+    check_free_space(folder, _bytes_to_write(plan))
+    old_refs = {fp.graph.path: _referenced(fp.graph.path) for fp in plan.files}
+    backups: dict[Path, Path] = {}
+    new_weights: list[Path] = []
+    t = time.perf_counter()
+    try:
+        staged: list[tuple[FilePlan, bytes, Path | None]] = []
+        for fp in plan.files:
+            if not fp.changed:
+                continue
+            if fp.weights == "consolidate":
+                fp.weights_name = _free_name(folder, fp.weights_name, old_refs)
+            data, weights_tmp = _rewrite_graph(fp, folder, progress)
+            staged.append((fp, data, weights_tmp))
+        # New weights get their final names first: nothing references them yet, so this is safe.
+        for fp, _data, weights_tmp in staged:
+            if weights_tmp is not None:
+                final = folder / fp.weights_name
+                os.replace(weights_tmp, final)
+                new_weights.append(final)
+                result.written.append(final.name)
+        fsync_dir(folder)
+        # Then each graph, atomically, keeping a hard-linked backup of the original to restore from.
+        for fp, data, _ in staged:
+            final = fp.graph.path
+            backup = temp_path(final, "bak")
+            os.link(final, backup)
+            backups[final] = backup
+            write_bytes_atomic(final, data)
+            result.written.append(final.name)
+        result.seconds["write"] = time.perf_counter() - t
+        t = time.perf_counter()
+        result.checks = _verify(plan, folder, verify, progress)
+        result.seconds["verify"] = time.perf_counter() - t
+        if any(not c.ok for c in result.checks):
+            raise _VerificationFailed()
+    except BaseException as exc:
+        for final, backup in backups.items():
+            os.replace(backup, final)
+        for w in new_weights:
+            if not any(w.resolve() in refs for refs in old_refs.values()):
+                w.unlink(missing_ok=True)
+        for p in folder.iterdir():
+            if p.name.startswith(f"{PREFIX}tmp-{os.getpid()}-"):
+                p.unlink(missing_ok=True)
+        fsync_dir(folder)
+        result.written.clear()
+        if isinstance(exc, _VerificationFailed):
+            return
+        if isinstance(exc, OSError):
+            raise disk_error(exc, folder) from exc
+        raise
+    for backup in backups.values():
+        backup.unlink(missing_ok=True)
+    # Weight files no graph references any more (consolidated scattered files) are removed last.
+    still = set()
+    for p in folder.glob("*.onnx"):
+        try:
+            still |= _referenced(p)
+        except BadInputError:
+            continue
+    for refs in old_refs.values():
+        for ref in refs:
+            if ref not in still and ref.parent == folder.resolve() and ref.exists():
+                ref.unlink()
+                result.removed.append(ref.name)
+    fsync_dir(folder)
+
+
+class _VerificationFailed(Exception):
+    pass
+
+
+def _free_name(folder: Path, name: str, old_refs: dict[Path, set[Path]]) -> str:
+    """`name` unless an existing graph still references a file of that name (never overwrite those)."""
+    referenced = set().union(*old_refs.values()) if old_refs else set()
+    candidate, n = name, 1
+    while (folder / candidate).resolve() in referenced:
+        stem = name[: -len(".weights")]
+        candidate = f"{stem}.{n}.weights"
+        n += 1
+    return candidate
+
+
+def _apply_to_output(plan: Plan, result: PrepareResult, output: Path, force: bool, verify: str,
+                     progress: Progress | None) -> None:
+    source = result.source
+    if output.resolve() == source.resolve():
+        raise BadInputError("--output is the source folder", path=output, fix="use --in-place for that")
+    if output.exists() and not force and any(output.iterdir()):
+        raise BadInputError("output folder exists and is not empty", path=output,
+                            fix="choose a new folder, or pass --force to replace it")
+    parent = output.resolve().parent
+    if not parent.exists():
+        raise BadInputError("parent folder does not exist", path=parent)
+    check_writable(parent)
+    check_free_space(parent, _bytes_to_write(plan))
+    staging = temp_path(output.resolve(), "tmp")
+    t = time.perf_counter()
+    try:
+        staging.mkdir()
+        written_graphs: set[Path] = set()
+        consolidated_sources: set[Path] = set()
+        kept_refs: set[Path] = set()
+        for fp in plan.files:
+            refs = {f.path.resolve() for f in fp.audit.files}
+            if fp.changed:
+                data, weights_tmp = _rewrite_graph(fp, staging, progress)
+                (staging / fp.name).write_bytes(data)
+                written_graphs.add(fp.graph.path.resolve())
+                result.written.append(fp.name)
+                if weights_tmp is not None:
+                    os.replace(weights_tmp, staging / fp.weights_name)
+                    result.written.append(fp.weights_name)
+                if fp.weights in ("consolidate", "inline"):
+                    consolidated_sources |= refs
+                else:
+                    kept_refs |= refs
+            else:
+                kept_refs |= refs
+        for p in sorted(source.iterdir()):
+            rp = p.resolve()
+            if not p.is_file() or p.name.startswith(PREFIX) or rp in written_graphs:
+                continue
+            if rp in consolidated_sources and rp not in kept_refs:
+                continue  # scattered files replaced by one consolidated file
+            if (staging / p.name).exists():
+                continue
+            how = link_or_copy(p, staging / p.name)
+            (result.linked if how == "linked" else result.written).append(p.name)
+        for ref in kept_refs:  # kept weights outside the folder come along under their base name
+            if ref.parent != source.resolve() and not (staging / ref.name).exists():
+                link_or_copy(ref, staging / ref.name)
+                result.linked.append(ref.name)
+        result.seconds["write"] = time.perf_counter() - t
+        t = time.perf_counter()
+        result.checks = _verify(plan, staging, verify, progress)
+        result.seconds["verify"] = time.perf_counter() - t
+        if any(not c.ok for c in result.checks):
+            shutil.rmtree(staging, ignore_errors=True)
+            result.written.clear()
+            result.linked.clear()
+            return
+        if output.exists():
+            old = temp_path(output.resolve(), "old")
+            os.replace(output, old)
+            os.replace(staging, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, output)
+        fsync_dir(parent)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise disk_error(exc, output) from exc
+        raise
