@@ -67,8 +67,49 @@ def measure_command(argv: list[str], repeat: int = 3, setup=None) -> dict:
     return {"wall_s": statistics.median(walls), "peak_rss_mb": max(rss), "runs": repeat}
 
 
-def drop_page_cache_hint() -> str:
-    return "page cache warm (files were just written or read); both sides see the same cache state"
+def drop_caches() -> bool:
+    """Empty the page cache (root only) so a run reads from disk, as right after a download."""
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def measure_interleaved(commands: dict[str, list[str]], *, setup=None, repeat: int = 5,
+                        cold: bool = False) -> dict[str, dict]:
+    """Run several commands in turn, `repeat` rounds, with `setup()` and a full `sync` before each run.
+
+    Writing gigabytes leaves dirty pages whose writeback slows whatever runs next; syncing first
+    and alternating the commands gives each the same conditions. Medians are reported.
+    """
+    walls: dict[str, list[float]] = {k: [] for k in commands}
+    rss: dict[str, list[float]] = {k: [] for k in commands}
+    for _ in range(repeat):
+        for name, argv in commands.items():
+            if setup:
+                setup()
+            os.sync()
+            if cold and not drop_caches():
+                raise RuntimeError("cold-cache runs need root (writing /proc/sys/vm/drop_caches)")
+            r = measure_command(argv, repeat=1)
+            walls[name].append(r["wall_s"])
+            rss[name].append(r["peak_rss_mb"])
+    return {k: {"wall_s": statistics.median(walls[k]), "min_wall_s": min(walls[k]), "peak_rss_mb": max(rss[k]),
+                "runs": repeat, "all_wall_s": [round(w, 2) for w in walls[k]]} for k in commands}
+
+
+def fs_type(path: Path) -> str:
+    """Filesystem type and mount options of the folder, for the record (e.g. ext4 with discard)."""
+    best = ("?", "", "")
+    real = os.path.realpath(path)
+    with open("/proc/mounts") as f:
+        for line in f:
+            _dev, mnt, typ, opts, *_ = line.split()
+            if real.startswith(mnt.rstrip("/") + "/") and len(mnt) >= len(best[1]):
+                best = (typ, mnt, opts)
+    return f"{best[0]} at {best[1]}, {best[2]}"
 
 
 def big_folder(name: str, *, layers: int, d_model: int = 1024, pos_emb_max_len: int | None = 5000,

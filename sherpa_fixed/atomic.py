@@ -41,18 +41,19 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(final: Path, data: bytes) -> None:
+def write_temp(final: Path, data: bytes, durable: bool = True) -> Path:
+    """Write data to a temp file beside `final` (fsynced when durable); the caller renames it."""
     tmp = temp_path(final)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
+            if durable:
+                os.fsync(f.fileno())
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise disk_error(exc, final) from exc
+    return tmp
 
 
 def disk_error(exc: OSError, path: Path) -> BadInputError:

@@ -39,6 +39,11 @@ class ExternalFile:
     tensors: int
     bytes_needed: int
     shared_with: list[str] = field(default_factory=list)  # other model files that point here
+    real: Path = field(default=None, repr=False)  # resolved once: folders hold hundreds of these
+
+    def __post_init__(self):
+        if self.real is None:
+            self.real = Path(os.path.realpath(self.path))
 
     def to_json(self) -> dict:
         return {
@@ -169,11 +174,11 @@ def mark_shared(audits: dict[Path, ExternalAudit]) -> list[tuple[Path, str, str]
     users: dict[Path, list[Path]] = {}
     for model, a in audits.items():
         for f in a.files:
-            users.setdefault(f.path.resolve(), []).append(model)
+            users.setdefault(f.real, []).append(model)
     out: list[tuple[Path, str, str]] = []
     for a in audits.values():
         for f in a.files:
-            others = [m for m in users[f.path.resolve()] if m != a.model]
+            others = [m for m in users[f.real] if m != a.model]
             f.shared_with = [m.name for m in others]
             if others:
                 out.append((a.model, "external.shared",

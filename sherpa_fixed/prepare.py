@@ -12,6 +12,7 @@ failed verification restores the original.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ from .atomic import (
     link_or_copy,
     sweep_stale,
     temp_path,
-    write_bytes_atomic,
+    write_temp,
 )
 from .errors import EXIT_NEEDS_FIX, EXIT_OK, BadInputError, NeedsFixError
 from .external_data import ExternalAudit, is_absolute_location, resolve_location
@@ -159,7 +160,7 @@ def _usage(report: FolderReport) -> dict[Path, set[Path]]:
     for v in report.variants:
         for m in v.models.values():
             for f in m.external.files:
-                users.setdefault(f.path.resolve(), set()).add(m.graph.path.resolve())
+                users.setdefault(f.real, set()).add(m.graph.path.resolve())
     return users
 
 
@@ -182,8 +183,8 @@ def _plan_weights(fp: FilePlan, users: dict[Path, set[Path]], inline: bool) -> N
                                  "inside the graph", "--inline: models loaded from memory need no weight files"))
         return
     files = audit.files
-    outside = [f for f in files if f.path.resolve().parent != folder]
-    foreign_shared = [f for f in files if len(users.get(f.path.resolve(), ())) > 1
+    outside = [f for f in files if f.real.parent != folder]
+    foreign_shared = [f for f in files if len(users.get(f.real, ())) > 1
                       and f.path.name != f"{stem}.weights"]
     if len(files) > 1 or outside or foreign_shared:
         fp.weights = "consolidate"
@@ -300,9 +301,10 @@ def plan_prepare(report: FolderReport, *, inline: bool = False) -> Plan:
 # ----------------------------------------------------------------------------- applying
 
 
-def _rewrite_graph(fp: FilePlan, out_dir: Path, progress: Progress | None) -> tuple[bytes, Path | None]:
-    """The new graph's bytes, and the new weights file written (temp name) when consolidating."""
-    model = onnx.load(str(fp.graph.path), load_external_data=False)
+def _rewrite_graph(fp: FilePlan, out_dir: Path, progress: Progress | None, durable: bool) -> tuple[Path, Path | None]:
+    """Write the new graph and, when consolidating, its new weights file, both under temp names in
+    out_dir; return their paths. Only one graph proto and its serialization are alive at a time."""
+    model = copy.deepcopy(fp.graph.model)  # a C-level copy; the original stays for verification
     for key, value in fp.metadata.items():
         existing = next((p for p in model.metadata_props if p.key == key), None)
         if existing is None:
@@ -339,9 +341,10 @@ def _rewrite_graph(fp: FilePlan, out_dir: Path, progress: Progress | None) -> tu
                 if progress:
                     progress(f"writing {fp.weights_name}", done[0], total)
 
-            write_weights_file(big, new_weights, fp.weights_name, tick)
+            write_weights_file(big, new_weights, fp.weights_name, tick, durable=durable)
     data = model.SerializeToString()
-    return data, new_weights
+    del model
+    return write_temp(out_dir / fp.name, data, durable=durable), new_weights
 
 
 def _inline(moves: list[WeightMove], model_path: Path) -> None:
@@ -481,16 +484,16 @@ def _apply_in_place(plan: Plan, result: PrepareResult, verify: str, progress: Pr
     new_weights: list[Path] = []
     t = time.perf_counter()
     try:
-        staged: list[tuple[FilePlan, bytes, Path | None]] = []
+        staged: list[tuple[FilePlan, Path, Path | None]] = []
         for fp in plan.files:
             if not fp.changed:
                 continue
             if fp.weights == "consolidate":
                 fp.weights_name = _free_name(folder, fp.weights_name, old_refs)
-            data, weights_tmp = _rewrite_graph(fp, folder, progress)
-            staged.append((fp, data, weights_tmp))
+            graph_tmp, weights_tmp = _rewrite_graph(fp, folder, progress, durable=True)
+            staged.append((fp, graph_tmp, weights_tmp))
         # New weights get their final names first: nothing references them yet, so this is safe.
-        for fp, _data, weights_tmp in staged:
+        for fp, _graph_tmp, weights_tmp in staged:
             if weights_tmp is not None:
                 final = folder / fp.weights_name
                 os.replace(weights_tmp, final)
@@ -498,13 +501,14 @@ def _apply_in_place(plan: Plan, result: PrepareResult, verify: str, progress: Pr
                 result.written.append(final.name)
         fsync_dir(folder)
         # Then each graph, atomically, keeping a hard-linked backup of the original to restore from.
-        for fp, data, _ in staged:
+        for fp, graph_tmp, _ in staged:
             final = fp.graph.path
             backup = temp_path(final, "bak")
             os.link(final, backup)
             backups[final] = backup
-            write_bytes_atomic(final, data)
+            os.replace(graph_tmp, final)
             result.written.append(final.name)
+        fsync_dir(folder)
         result.seconds["write"] = time.perf_counter() - t
         t = time.perf_counter()
         result.checks = _verify(plan, folder, verify, progress)
@@ -580,10 +584,12 @@ def _apply_to_output(plan: Plan, result: PrepareResult, output: Path, force: boo
         consolidated_sources: set[Path] = set()
         kept_refs: set[Path] = set()
         for fp in plan.files:
-            refs = {f.path.resolve() for f in fp.audit.files}
+            refs = {f.real for f in fp.audit.files}
             if fp.changed:
-                data, weights_tmp = _rewrite_graph(fp, staging, progress)
-                (staging / fp.name).write_bytes(data)
+                # A fresh folder replaces nothing until its final rename, and the source is never
+                # touched: no fsync here, like cp.
+                graph_tmp, weights_tmp = _rewrite_graph(fp, staging, progress, durable=False)
+                os.replace(graph_tmp, staging / fp.name)
                 written_graphs.add(fp.graph.path.resolve())
                 result.written.append(fp.name)
                 if weights_tmp is not None:
@@ -596,7 +602,7 @@ def _apply_to_output(plan: Plan, result: PrepareResult, output: Path, force: boo
             else:
                 kept_refs |= refs
         for p in sorted(source.iterdir()):
-            rp = p.resolve()
+            rp = Path(os.path.realpath(p))
             if not p.is_file() or p.name.startswith(PREFIX) or rp in written_graphs:
                 continue
             if rp in consolidated_sources and rp not in kept_refs:

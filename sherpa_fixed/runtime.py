@@ -14,18 +14,23 @@ import copy
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
-import onnxruntime as ort
 
 from .errors import BadInputError
 from .external_data import resolve_location
 from .onnx_graph import external_info, graph_tensors, uses_external_data
 
+if TYPE_CHECKING:
+    import onnxruntime
+
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
 
-def session_options(threads: int = 1, quiet: bool = True) -> ort.SessionOptions:
+def session_options(threads: int = 1, quiet: bool = True):
+    import onnxruntime as ort  # imported when a session is needed: inspect and prepare rarely need one
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -35,6 +40,8 @@ def session_options(threads: int = 1, quiet: bool = True) -> ort.SessionOptions:
 
 
 def providers_for(provider: str) -> list[str]:
+    import onnxruntime as ort
+
     if provider == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BadInputError(
@@ -72,8 +79,10 @@ def session_from_model(
     *,
     providers: list[str] | None = None,
     threads: int = 1,
-) -> ort.InferenceSession:
+) -> onnxruntime.InferenceSession:
     """Create a session for an in-memory (possibly edited) graph whose weights live beside model_path."""
+    import onnxruntime as ort
+
     relocated, folder = relocatable_copy(model, model_path)
     so = session_options(threads)
     so.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(folder))
@@ -81,6 +90,8 @@ def session_from_model(
 
 
 def session_from_path(path: str | os.PathLike, *, providers: list[str] | None = None, threads: int = 1):
+    import onnxruntime as ort
+
     return ort.InferenceSession(str(path), session_options(threads), providers=providers or ["CPUExecutionProvider"])
 
 

@@ -8,9 +8,12 @@ fixed-size buffer otherwise.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -58,35 +61,45 @@ def safe_file_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "tensor"
 
 
-def copy_range(src: BinaryIO, dst: BinaryIO, offset: int, length: int, progress: Progress | None = None) -> None:
-    """Copy length bytes from src at offset to dst's current position, without a large buffer."""
-    remaining = length
-    src_fd, dst_fd = src.fileno(), dst.fileno()
-    dst.flush()
-    pos = offset
+def copy_range_at(src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, length: int,
+                  progress: Progress | None = None, src_name: str = "?") -> None:
+    """Copy length bytes between positions of two files, without a large buffer.
+
+    Positional on both sides (no shared file offset), so several threads may
+    copy different tensors into one file at once. The kernel copies
+    (copy_file_range) where it can; otherwise pread/pwrite of CHUNK bytes.
+    """
+    remaining, s_pos, d_pos = length, src_offset, dst_offset
     use_kernel = hasattr(os, "copy_file_range")
     while remaining > 0:
         n = 0
         if use_kernel:
             try:
-                n = os.copy_file_range(src_fd, dst_fd, min(remaining, 1 << 30), pos)
-            except OSError:
+                n = os.copy_file_range(src_fd, dst_fd, min(remaining, 1 << 30), s_pos, d_pos)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
+                    raise
                 use_kernel = False
-                n = 0
         if n <= 0:
             use_kernel = False
-            src.seek(pos)
-            chunk = src.read(min(remaining, CHUNK))
+            chunk = os.pread(src_fd, min(remaining, CHUNK), s_pos)
             if not chunk:
-                raise BadInputError(f"ended {remaining} bytes early", path=src.name,
+                raise BadInputError(f"ended {remaining} bytes early", path=src_name,
                                     fix="the weights file is truncated; re-download or re-export it")
-            dst.write(chunk)
-            dst.flush()
-            n = len(chunk)
-        pos += n
+            n = os.pwrite(dst_fd, chunk, d_pos)
+        s_pos += n
+        d_pos += n
         remaining -= n
         if progress:
             progress(n)
+
+
+def copy_range(src: BinaryIO, dst: BinaryIO, offset: int, length: int, progress: Progress | None = None) -> None:
+    """Copy length bytes from src at offset to dst's current position (advancing it)."""
+    dst.flush()
+    pos = dst.tell()
+    copy_range_at(src.fileno(), dst.fileno(), offset, pos, length, progress, getattr(src, "name", "?"))
+    dst.seek(pos + length)
 
 
 @dataclass
@@ -115,41 +128,72 @@ def write_weights_file(
     out_path: Path,
     location: str,
     progress: Progress | None = None,
+    durable: bool = True,
+    workers: int | None = None,
 ) -> int:
     """Stream every tensor into one weights file at out_path; point the tensors at `location`.
 
-    The tensor protos are updated in place; returns the file's size. The
-    caller owns out_path (normally a temp file renamed into place later).
+    Offsets are laid out first, then tensors are copied by a few threads at
+    once (the kernel copy releases the GIL; memory stays at most one CHUNK per
+    thread). The tensor protos are updated in place; returns the file's size.
+    The caller owns out_path (normally a temp file renamed into place later).
+    durable=True fsyncs before returning: needed when a rename will make the
+    file replace something, not when writing a fresh output folder.
     """
-    handles: dict[Path, BinaryIO] = {}
+    moves = list(moves)
+    layout: list[tuple[WeightMove, int]] = []
     offset = 0
+    for mv in moves:
+        start = aligned(offset, mv.length)
+        layout.append((mv, start))
+        offset = start + mv.length
+    handles: dict[Path, int] = {}
+    lock = threading.Lock()
+
+    def tick(n: int) -> None:
+        if progress:
+            with lock:
+                progress(n)
+
+    def fd_of(path: Path) -> int:
+        with lock:
+            if path not in handles:
+                try:
+                    handles[path] = os.open(path, os.O_RDONLY)
+                except OSError as exc:
+                    raise BadInputError(f"cannot read weights ({exc.strerror})", path=path,
+                                        fix="restore the file beside the model") from exc
+            return handles[path]
+
+    dst_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        with open(out_path, "wb") as dst:
-            for mv in moves:
-                start = aligned(offset, mv.length)
-                if start > offset:
-                    dst.write(b"\0" * (start - offset))
-                if mv.source is None:
-                    dst.write(mv.tensor.raw_data)
-                    if progress:
-                        progress(mv.length)
-                else:
-                    src = handles.get(mv.source)
-                    if src is None:
-                        try:
-                            src = handles[mv.source] = open(mv.source, "rb")  # noqa: SIM115
-                        except OSError as exc:
-                            raise BadInputError(f"cannot read weights ({exc.strerror})", path=mv.source,
-                                                fix="restore the file beside the model") from exc
-                    copy_range(src, dst, mv.offset, mv.length, progress)
-                set_external(mv.tensor, location, start, mv.length)
-                offset = start + mv.length
-            dst.flush()
-            os.fsync(dst.fileno())
+        os.ftruncate(dst_fd, offset)  # padding between tensors reads back as zeros
+
+        def copy_one(item: tuple[WeightMove, int]) -> None:
+            mv, start = item
+            if mv.source is None:
+                os.pwrite(dst_fd, mv.tensor.raw_data, start)
+                tick(mv.length)
+            else:
+                copy_range_at(fd_of(mv.source), dst_fd, mv.offset, start, mv.length, tick, str(mv.source))
+
+        n_workers = workers or min(4, os.cpu_count() or 1)
+        if n_workers > 1 and len(layout) > 1:
+            with ThreadPoolExecutor(n_workers) as pool:
+                for f in [pool.submit(copy_one, item) for item in layout]:
+                    f.result()
+        else:
+            for item in layout:
+                copy_one(item)
+        for mv, start in layout:
+            set_external(mv.tensor, location, start, mv.length)
+        if durable:
+            os.fsync(dst_fd)
         return offset
     finally:
-        for h in handles.values():
-            h.close()
+        os.close(dst_fd)
+        for fd in handles.values():
+            os.close(fd)
 
 
 def externalize_inline(
