@@ -12,12 +12,15 @@ __version__ = "0.1.0"
 from .errors import BadInputError, NeedsFixError, SherpaFixedError
 from .inspector import FolderReport, inspect_folder
 from .prepare import PrepareResult, prepare_folder
+from .recognizer import OfflineRecognizer, OfflineStream
 from .session_dir import session_model_dir
 
 __all__ = [
     "BadInputError",
     "FolderReport",
     "NeedsFixError",
+    "OfflineRecognizer",
+    "OfflineStream",
     "PrepareResult",
     "SherpaFixedError",
     "__version__",

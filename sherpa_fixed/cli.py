@@ -186,6 +186,97 @@ def prepare_cmd(model_dir, output, in_place, dry_run, inline, force, verify, as_
     sys.exit(result.exit_code)
 
 
+@main.command("transcribe")
+@click.argument("model_dir", type=click.Path())
+@click.argument("audio", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: per file text, tokens, timestamps.")
+@click.option("--srt", is_flag=True, help="SubRip subtitles instead of plain text.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False),
+              help="Write one .txt/.json/.srt per audio file here instead of printing.")
+@click.option("--num-threads", type=int, default=2, show_default=True, help="onnxruntime threads.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--int8/--fp32", "int8", default=None,
+              help="Which model set to use (default: int8 on cpu when the folder has one).")
+@click.option("--window-seconds", type=float, help="Dynamic encoders: window longer audio (default 30).")
+@click.option("--overlap-seconds", type=float, help="Audio shared by consecutive windows (default 2).")
+@handle_errors
+def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, provider, int8, window_seconds,
+                   overlap_seconds):
+    """Transcribe WAV files (PCM or float, any rate and channel count) with MODEL_DIR.
+
+    Works for fixed-window (static-shape) encoders too: audio of any length is cut
+    into exact windows and merged by timestamp. A file that cannot be read is
+    reported and the others go on.
+
+    Exit code: 0 all files transcribed, 1 some failed, 2 the model cannot be used.
+    """
+    from .recognizer import OfflineRecognizer
+    from .transcribe import to_srt, transcribe_file
+
+    if as_json and srt:
+        raise click.UsageError("choose one of --json and --srt")
+    recognizer = OfflineRecognizer.from_model_dir(model_dir, int8=int8, provider=provider, num_threads=num_threads,
+                                                  window_seconds=window_seconds, overlap_seconds=overlap_seconds)
+    out_dir = Path(output_dir) if output_dir else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in audio:
+        bar = _AudioBar(path)
+        try:
+            r = transcribe_file(recognizer, path, bar)
+        finally:
+            bar.close()
+        results.append(r)
+        if not r.ok:
+            click.echo(f"sherpa-fixed: error: {r.error}", err=True)
+            continue
+        if as_json:
+            continue
+        body = to_srt(r) if srt else r.text + "\n"
+        if out_dir:
+            (out_dir / (Path(path).stem + (".srt" if srt else ".txt"))).write_text(body, encoding="utf-8")
+        elif srt:
+            if len(audio) > 1:
+                click.echo(f"==> {path} <==")
+            click.echo(body)
+        else:
+            click.echo(f"{path}: {r.text}" if len(audio) > 1 else r.text)
+    if as_json:
+        doc = {"schema": "sherpa-fixed/transcribe", "schema_version": 1, "model": str(model_dir),
+               "files": [r.to_json() for r in results]}
+        if out_dir:
+            for r in results:
+                (out_dir / (Path(r.path).stem + ".json")).write_text(json.dumps(r.to_json(), indent=2) + "\n")
+        else:
+            emit_json(doc)
+    sys.exit(0 if all(r.ok for r in results) else 1)
+
+
+class _AudioBar:
+    """Progress over a long file's samples on stderr, shown only on a terminal."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=max(total, 1), label=Path(self.label).name, file=sys.stderr)
+            self.bar.__enter__()
+            self.last = 0
+        self.bar.length = max(total, done, 1)
+        self.bar.update(done - self.last)
+        self.last = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
 @main.command("demo")
 @click.argument("folder", required=False, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the inspect report as JSON.")

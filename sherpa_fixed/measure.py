@@ -156,3 +156,20 @@ def measure(
                 )
     return m
 
+
+
+def measure_signatures(encoder, decoder, joiner) -> Measurements:
+    """The measurements that need only the graphs' signatures (onnx_graph.Signature or GraphFile):
+    enough to predict what sherpa-onnx will refuse, at the cost of reading a few hundred bytes."""
+    m = Measurements()
+    audio = encoder.inputs[0] if encoder.inputs else None
+    if audio is not None and audio.rank == 3:
+        m.set("feat_dim", audio.fixed(1), f"encoder input {audio.name} axis 1 (mel bins)")
+    states = [t for t in decoder.inputs if t.dtype.startswith("float") and t.rank == 3]
+    if states:
+        m.set("pred_rnn_layers", states[0].fixed(0), f"decoder state input {states[0].name} axis 0")
+        m.set("pred_hidden", states[0].fixed(2), f"decoder state input {states[0].name} axis 2")
+    out = joiner.outputs[0] if joiner.outputs else None
+    if out is not None and out.rank:
+        m.set("joiner_output_size", out.fixed(out.rank - 1), f"joiner output {out.name} last axis")
+    return m

@@ -195,3 +195,88 @@ def uses_external_data(t: TensorProto) -> bool:
 
 def external_info(t: TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in t.external_data}
+
+
+# ----------------------------------------------------------------------------- signature without parsing
+
+
+@dataclass
+class Signature:
+    """Inputs, outputs and metadata of an ONNX file, read without parsing its nodes or tensors."""
+
+    path: Path
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    metadata: dict[str, str]
+
+
+def _varint(buf, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf, start: int, end: int):
+    """(field number, wire type, value or (begin, end) of a length-delimited payload) over a message."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+            yield field, wire, value
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            yield field, wire, (pos, pos + n)
+            pos += n
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+
+
+def read_signature(path: str | Path) -> Signature:
+    """The graph's interface and metadata, reading only their bytes.
+
+    A 1.1B int8 encoder.onnx holds a gigabyte of tensors inline; the
+    recognizer only needs the audio input's shape and a few metadata keys.
+    The file is memory-mapped and walked field by field: tensor payloads are
+    skipped by their length prefix and never touched.
+    """
+    import mmap
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            inputs, outputs, inits, meta = [], [], set(), {}
+            for field, wire, val in _fields(buf, 0, len(buf)):
+                if field == 14 and wire == 2:
+                    entry = onnx.StringStringEntryProto.FromString(buf[val[0]:val[1]])
+                    meta[entry.key] = entry.value
+                elif field == 7 and wire == 2:
+                    for gfield, gwire, gval in _fields(buf, *val):
+                        if gwire != 2:
+                            continue
+                        if gfield == 11:
+                            inputs.append(spec_of(onnx.ValueInfoProto.FromString(buf[gval[0]:gval[1]])))
+                        elif gfield == 12:
+                            outputs.append(spec_of(onnx.ValueInfoProto.FromString(buf[gval[0]:gval[1]])))
+                        elif gfield == 5:
+                            for tfield, twire, tval in _fields(buf, *gval):
+                                if tfield == 8 and twire == 2:
+                                    inits.add(bytes(buf[tval[0]:tval[1]]).decode("utf-8", "replace"))
+    except (OSError, ValueError, IndexError, DecodeError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise BadInputError("file not found", path=path, fix="check the path") from exc
+        raise BadInputError(f"not a readable ONNX file ({exc})", path=path,
+                            fix="the file is corrupt or truncated; re-export or re-download it") from exc
+    if not inputs:
+        raise BadInputError("not an ONNX model (no graph inputs)", path=path)
+    return Signature(path, [t for t in inputs if t.name not in inits], outputs, meta)

@@ -422,6 +422,7 @@ def _verify(plan: Plan, target: Path, mode: str, progress: Progress | None) -> l
         fixed_t = enc.inputs[0].fixed(2) if not any(
             f.freed for f in plan.files if f.graph.path == enc.path) else None
         samples = fixed_t * 160 - 80 if fixed_t else 16000
+        target = target.resolve()  # the child runs in `target`: relative paths would resolve twice
         files = {role: target / m.graph.path.name for role, m in v.models.items()}
         tokens = target / plan.report.layout.tokens.name
         run = run_sherpa(files["encoder"], files["decoder"], files["joiner"], tokens, samples=[samples],

@@ -359,3 +359,11 @@ from importlib.metadata import version; print(version("sherpa-onnx"))
     proc = run_python(old_sherpa_python, code, str(folder), str(elsewhere), cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "1.12.35"
+
+
+def test_relative_paths_work(make_folder, monkeypatch):
+    folder = make_folder(metadata="missing")
+    monkeypatch.chdir(folder.parent)
+    result = prepare_folder(folder.name, output="out-relative")
+    assert result.exit_code == 0 and all(c.ok for c in result.checks), result.to_json()
+    assert prepare_folder(folder.name, in_place=True).exit_code == 0

@@ -1,0 +1,229 @@
+"""Cut audio into encoder windows and merge their tokens back by time.
+
+All positions are in samples at the model's rate. Windows start on the
+encoder's output grid (subsampling x frame shift: 8 x 160 = 1280 samples,
+80 ms), so every window's output frame j is a global output frame and
+tokens from different windows line up exactly.
+
+A fixed-window encoder takes exactly T frames; sherpa-onnx's NeMo front end
+makes (N + hop/2) // hop frames from N samples (FACTS.md section 5), so a
+window of T * hop samples gives exactly T frames. Consecutive windows
+overlap; each stretch of audio is transcribed by the window where it sits
+furthest from an edge: the split between two windows is the middle of their
+overlap, so every kept token had at least overlap/2 of audio on each side
+(except at the audio's own ends).
+
+The final window of a fixed-window model slides back over real audio (it
+starts at the last grid point that still lets it reach the end) instead of
+being padded; as the grid is 80 ms, it may reach up to 79 ms past the end,
+and those samples mirror the last real ones, which is what the front end
+itself does at an utterance's edge (kaldi's snip_edges=false reflection).
+Only audio shorter than one window is padded, with noise at the level of
+the recording's own quietest stretches (its room tone): digital zeros, or
+any level far below the recording's floor, drag the per-feature
+normalisation down so that the real pauses look like sound (measured on the
+oracle model: -80 dBFS padding under a -40 dBFS floor invented five tokens
+in a one-token clip). Nothing decoded at or after the real end is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MIN_PAD_NOISE = 1e-5  # floor for the padding level of digitally silent recordings
+
+
+@dataclass(frozen=True)
+class Window:
+    index: int
+    start: int  # first sample of the window
+    length: int  # samples of real audio in the window
+    pad: int  # samples appended after the real audio (fixed windows only)
+    keep_from: int  # keep tokens whose output frame centre lies in [keep_from, keep_to)
+    keep_to: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How windows are cut for one model."""
+
+    window: int  # samples per window (fixed: exactly T frames' worth; dynamic: the maximum)
+    overlap: int  # samples shared by consecutive windows
+    grid: int  # samples per encoder output frame (subsampling x frame shift)
+    fixed: bool  # True: every window must be exactly `window` samples
+
+    @property
+    def hop(self) -> int:
+        return max(self.grid, (self.window - self.overlap) // self.grid * self.grid)
+
+
+def regular_keep_to(start: int, spec: WindowSpec) -> int:
+    """End of what a full window at `start` keeps when the next window starts one hop later."""
+    return split_point(start + spec.hop, start + spec.window, spec.grid)
+
+
+def split_point(next_start: int, end: int, grid: int) -> int:
+    """The middle of the overlap [next_start, end), on the output grid."""
+    mid = round((next_start + end) / 2 / grid) * grid
+    return min(max(mid, next_start), end)
+
+
+def plan_windows(n: int, spec: WindowSpec) -> list[Window]:
+    """Windows covering n samples; a single window when the audio fits in one."""
+    if n <= 0:
+        return []
+    w, g = spec.window, spec.grid
+    if n <= w:
+        pad = w - n if spec.fixed else 0
+        return [Window(0, 0, n, pad, 0, n)]
+    starts = [0]
+    while starts[-1] + w < n:
+        nxt = starts[-1] + spec.hop
+        if spec.fixed and nxt + w >= n:
+            # slide the last window back over real audio, onto the grid, reaching the end
+            nxt = max(starts[-1] + g, -(-(n - w) // g) * g)
+        starts.append(nxt)
+    windows = []
+    for s in starts:
+        length = min(w, n - s)
+        pad = (s + w - n) if spec.fixed and s + w > n else 0
+        windows.append([s, length, pad])
+    out: list[Window] = []
+    keep_from = 0
+    for i, (s, length, pad) in enumerate(windows):
+        keep_to = split_point(windows[i + 1][0], s + length, g) if i + 1 < len(windows) else n
+        out.append(Window(i, s, length, pad, keep_from, keep_to))
+        keep_from = keep_to
+    return out
+
+
+def window_samples(real: np.ndarray, win: Window, rng_seed: int = 0) -> np.ndarray:
+    """The samples to feed for a window, given its real audio: then a mirrored tail (a slid-back
+    final window reaching past the end by under one output frame) or quiet-noise padding (audio
+    shorter than one window)."""
+    if win.pad <= 0:
+        return np.ascontiguousarray(real, dtype=np.float32)
+    if win.start > 0 and win.pad < len(real):
+        tail = real[::-1][:win.pad]  # reflect, as the front end does at an utterance's edge
+    else:
+        level = room_tone(real)
+        tail = (np.random.default_rng(rng_seed).standard_normal(win.pad) * level).astype(np.float32)
+    return np.concatenate([real, tail]).astype(np.float32)
+
+
+def room_tone(samples: np.ndarray, frame: int = 400) -> float:
+    """RMS of the recording's quieter stretches: the 10th percentile of 25 ms frame RMS."""
+    n = len(samples) // frame
+    if n == 0:
+        return MIN_PAD_NOISE
+    rms = np.sqrt(np.mean(samples[: n * frame].astype(np.float64).reshape(n, frame) ** 2, axis=1))
+    return max(float(np.percentile(rms, 10)), MIN_PAD_NOISE)
+
+
+@dataclass
+class Token:
+    text: str
+    sample: int  # global start sample of the output frame that emitted it
+    time: float  # the same in seconds from the start of the whole stream
+    duration: float | None = None
+    log_prob: float | None = None
+
+
+@dataclass
+class MergedResult:
+    """What a sherpa-onnx OfflineRecognitionResult shows, for tokens merged across windows."""
+
+    tokens: list[str] = field(default_factory=list)
+    timestamps: list[float] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+    ys_log_probs: list[float] = field(default_factory=list)
+    lang: str = ""
+    emotion: str = ""
+    event: str = ""
+    words: list = field(default_factory=list)
+    windows: int = 0
+
+    @property
+    def text(self) -> str:
+        # sherpa-onnx's Convert(): symbols (leading "▁" already a space) concatenated, then the
+        # leading space of BPE output removed.
+        text = "".join(self.tokens)
+        return text[1:] if text.startswith(" ") else text
+
+    def as_dict(self) -> dict:
+        return {"lang": self.lang, "emotion": self.emotion, "event": self.event, "text": self.text,
+                "timestamps": self.timestamps, "durations": self.durations, "tokens": self.tokens,
+                "ys_log_probs": self.ys_log_probs, "words": self.words}
+
+    def __str__(self) -> str:
+        import json
+
+        return json.dumps(self.as_dict(), ensure_ascii=False)
+
+
+def window_tokens(result, win: Window, spec: WindowSpec, sample_rate: int, n_total: int | None) -> list[Token]:
+    """Every token of one window's sherpa-onnx result, placed on the stream's timeline.
+
+    Tokens at or after the real end of the audio (decoded from padding) are dropped here.
+    """
+    out = []
+    frame_s = spec.grid / sample_rate
+    # sherpa-onnx computes a timestamp as float(frame_shift_s) * frame in float32 (Convert() in
+    # offline-recognizer-transducer-impl.h); doing the same with the global frame gives the very
+    # value plain sherpa-onnx reports for that frame of the whole audio.
+    frame_s32 = np.float32(frame_s)
+    durations = list(getattr(result, "durations", []) or [])
+    log_probs = list(getattr(result, "ys_log_probs", []) or [])
+    for i, (tok, ts) in enumerate(zip(result.tokens, result.timestamps, strict=False)):
+        start = win.start + round(ts / frame_s) * spec.grid
+        if n_total is not None and start >= n_total:
+            continue
+        time = float(frame_s32 * np.float32(start // spec.grid)) if start % spec.grid == 0 else start / sample_rate
+        out.append(Token(tok, start, time, durations[i] if i < len(durations) else None,
+                         log_probs[i] if i < len(log_probs) else None))
+    return out
+
+
+def seam(a: list[Token], b: list[Token], split: int, b_start: int, a_end: int, grid: int,
+         reach: int) -> tuple[int, int]:
+    """Where to cut between consecutive windows: (tokens of `a` to keep, first token of `b` to keep).
+
+    The split sits mid-overlap. A token's onset can land one output frame apart in the two
+    windows (each normalises its own features), which a bare time cut would turn into a
+    duplicate or a loss. So the cut is made at an anchor: a token both windows emitted, with the
+    same text, within one frame of each other, as close to the split as possible and at most
+    `reach` samples from it. Without an anchor (silence around the split) the time cut is exact.
+    """
+    a_ov = [i for i, t in enumerate(a) if t.sample + grid // 2 >= b_start and abs(t.sample - split) <= reach]
+    b_ov = [j for j, t in enumerate(b) if t.sample + grid // 2 < a_end and abs(t.sample - split) <= reach]
+    best = None
+    for i in a_ov:
+        for j in b_ov:
+            if a[i].text == b[j].text and abs(a[i].sample - b[j].sample) <= grid:
+                cost = abs(a[i].sample - split) + abs(b[j].sample - split)
+                if best is None or cost < best[0]:
+                    best = (cost, i, j)
+    if best is not None:
+        return best[1] + 1, best[2] + 1
+    keep_a = sum(1 for t in a if t.sample + grid // 2 < split)
+    first_b = next((j for j, t in enumerate(b) if t.sample + grid // 2 >= split), len(b))
+    return keep_a, first_b
+
+
+def merge(pieces: list[list[Token]], windows: int) -> MergedResult:
+    r = MergedResult(windows=windows)
+    for toks in pieces:
+        for t in toks:
+            r.tokens.append(t.text)
+            r.timestamps.append(t.time)
+            if t.duration is not None:
+                r.durations.append(t.duration)
+            if t.log_prob is not None:
+                r.ys_log_probs.append(t.log_prob)
+    return r

@@ -1,0 +1,404 @@
+"""`sherpa_fixed.OfflineRecognizer`: sherpa-onnx's OfflineRecognizer, made safe for fixed windows.
+
+A drop-in: same factory methods, same `create_stream` / `accept_waveform` /
+`decode_stream(s)` / `stream.result` calls. It subclasses
+`sherpa_onnx.OfflineRecognizer`, so every factory this package does not
+need to touch (from_whisper, from_paraformer, ...) is inherited untouched.
+
+For NeMo transducers it reads the encoder's signature (not its weights):
+
+- time axis fixed at T frames (static-shape exports): every stream is cut
+  into exact T-frame windows, decoded through sherpa-onnx, and merged by
+  timestamp (see chunker.py);
+- time axis dynamic: audio up to `window_seconds` (default 30 s) is handed to
+  sherpa-onnx as is, so results are identical to plain sherpa-onnx; longer
+  audio is windowed too, so memory does not grow with its length (full
+  attention over an hour does not fit, and the positional-encoding table of
+  a NeMo export caps the input anyway: 400 s for Parakeet).
+
+Windows are decoded as soon as enough audio has arrived, so a long stream
+holds at most about one window of samples; when the encoder's batch axis
+is dynamic, ready windows are decoded together in one `decode_streams`
+call. Sessions are created inside `session_model_dir`, so external weights
+load with old and new sherpa-onnx alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sherpa_onnx
+
+from .audio import Resampler
+from .chunker import (
+    MergedResult,
+    Token,
+    Window,
+    WindowSpec,
+    merge,
+    plan_windows,
+    regular_keep_to,
+    seam,
+    window_samples,
+    window_tokens,
+)
+from .errors import BadInputError
+from .layout import find_layout
+from .metadata import atoi
+from .onnx_graph import read_signature
+from .session_dir import session_model_dir, weights_folder
+
+DEFAULT_WINDOW_S = 30.0  # dynamic models: longer audio is windowed
+DEFAULT_OVERLAP_S = 2.0
+DEFAULT_BATCH = 8
+WINDOW_MARKER = "sherpa_fixed_window"
+
+Progress = Callable[[int, int], None]  # (samples decoded, samples accepted)
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """What the encoder's signature says about windowing, and the chosen window parameters."""
+
+    spec: WindowSpec
+    fixed_frames: int | None  # the encoder's fixed time length, None when dynamic
+    batch: int  # windows per decode_streams call (1 when the encoder's batch is fixed)
+    sample_rate: int
+    frame_shift: int  # samples per feature frame
+
+    @property
+    def fixed(self) -> bool:
+        return self.fixed_frames is not None
+
+
+def chunking_for(encoder: str | os.PathLike, *, sample_rate: int = 16000, frame_shift_ms: float = 10.0,
+                 window_seconds: float | None = None, overlap_seconds: float | None = None,
+                 max_batch: int | None = None) -> Chunking:
+    """Window parameters for an encoder, from its signature and metadata (no weights read)."""
+    sig = read_signature(encoder)
+    if not sig.inputs or len(sig.inputs[0].dims) != 3:
+        raise BadInputError("the encoder's first input is not (batch, mel, time)", path=encoder,
+                            fix="this recognizer windows NeMo transducer encoders only")
+    audio = sig.inputs[0]
+    time_dim = audio.dims[2]
+    batch_dim = audio.dims[0]
+    hop = round(sample_rate * frame_shift_ms / 1000)
+    sub = atoi(sig.metadata.get("subsampling_factor")) or 8
+    grid = sub * hop
+    windowed = WINDOW_MARKER in sig.metadata  # made dynamic by prepare --window: windows itself
+    fixed = time_dim if isinstance(time_dim, int) and not windowed else None
+    if fixed is not None:
+        window = fixed * hop
+        if window_seconds is not None and abs(window_seconds * sample_rate - window) > hop:
+            raise BadInputError(f"window_seconds={window_seconds} but the encoder takes exactly {fixed} frames "
+                                f"({window / sample_rate:g} s)", path=encoder,
+                                fix="leave window_seconds unset for fixed-window encoders")
+    else:
+        window = int((window_seconds or DEFAULT_WINDOW_S) * sample_rate) // grid * grid
+    overlap_s = DEFAULT_OVERLAP_S if overlap_seconds is None else overlap_seconds
+    overlap = round(overlap_s * sample_rate / grid) * grid
+    if overlap < 0 or overlap > window - grid:
+        raise BadInputError(f"overlap_seconds={overlap_s} must be between 0 and the window "
+                            f"({window / sample_rate:g} s) minus one output frame")
+    fixed_batch = batch_dim if isinstance(batch_dim, int) else None
+    batch = 1 if fixed_batch == 1 else min(max_batch or DEFAULT_BATCH, fixed_batch or DEFAULT_BATCH)
+    return Chunking(WindowSpec(window, overlap, grid, fixed is not None), fixed, batch, sample_rate, hop)
+
+
+def preflight(encoder: str, decoder: str, joiner: str, tokens: str) -> None:
+    """Raise what sherpa-onnx would refuse, before it can: it reports a bad model by exit(-1),
+    which would end the whole Python process (csrc/macros.h, SHERPA_ONNX_EXIT)."""
+    from .measure import measure_signatures
+    from .metadata import sherpa_first_error
+    from .tokens import read_tokens
+
+    enc, dec, joi = read_signature(encoder), read_signature(decoder), read_signature(joiner)
+    error = sherpa_first_error(enc.metadata, measure_signatures(enc, dec, joi), read_tokens(tokens))
+    if error:
+        raise BadInputError(f"sherpa-onnx would refuse this model: {error}", path=encoder,
+                            fix=f"run: sherpa-fixed prepare {Path(encoder).parent} --in-place")
+
+
+def _absolute(path):
+    return str(Path(path).resolve()) if path else path
+
+
+class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
+    """Drop-in for sherpa_onnx.OfflineRecognizer; see the module docstring."""
+
+    _chunking: Chunking | None = None
+
+    @classmethod
+    def from_transducer(cls, encoder: str, decoder: str, joiner: str, tokens: str, *args,
+                        window_seconds: float | None = None, overlap_seconds: float | None = None,
+                        max_batch: int | None = None, **kwargs):
+        """sherpa_onnx.OfflineRecognizer.from_transducer, plus windowing for NeMo encoders.
+
+        Extra keyword arguments (all optional):
+          window_seconds: dynamic encoders only: longer audio is cut into windows of this
+            length (default 30 s). Longer windows give each token more context and cost memory
+            quadratically (attention); fixed-window encoders use their own length.
+          overlap_seconds: audio shared by consecutive windows (default 2 s). Each token is
+            kept from the window where it has at least overlap/2 of context on both sides;
+            more overlap costs overlap/(window - overlap) extra encoder work.
+          max_batch: windows decoded per decode_streams call when the encoder's batch axis is
+            dynamic (default 8).
+        """
+        for name in ("encoder", "decoder", "joiner", "tokens"):
+            if not Path(locals()[name]).is_file():
+                raise BadInputError(f"{name} file not found", path=locals()[name])
+        encoder, decoder, joiner, tokens = map(_absolute, (encoder, decoder, joiner, tokens))
+        for key in ("bpe_vocab", "hotwords_file", "lm", "lodr_fst"):
+            if kwargs.get(key):
+                kwargs[key] = _absolute(kwargs[key])
+        model_type = kwargs.get("model_type", "transducer")
+        if model_type == "nemo_transducer":
+            preflight(encoder, decoder, joiner, tokens)
+        with session_model_dir(weights_folder(encoder, decoder, joiner)):
+            self = super().from_transducer(encoder, decoder, joiner, tokens, *args, **kwargs)
+        if model_type in ("nemo_transducer", "") or model_type is None:
+            feat = self.config.feat_config
+            self._chunking = chunking_for(encoder, sample_rate=feat.sampling_rate,
+                                          frame_shift_ms=getattr(feat, "frame_shift_ms", 10.0),
+                                          window_seconds=window_seconds,
+                                          overlap_seconds=overlap_seconds, max_batch=max_batch)
+        return self
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | os.PathLike, *, int8: bool | None = None, provider: str = "cpu",
+                       **kwargs):
+        """Find the files of the 0.6B layout in model_dir (int8 preferred on CPU) and load them.
+
+        int8=None picks int8 when it exists and provider is cpu; True/False force it.
+        Other keyword arguments go to from_transducer.
+        """
+        layout = find_layout(model_dir)
+        if layout.tokens is None:
+            raise BadInputError("no tokens.txt", path=model_dir, fix="copy tokens.txt from the export")
+        want = ("int8" if (int8 or (int8 is None and provider == "cpu")) else "fp32")
+        if int8 is True and "int8" not in layout.variants:
+            raise BadInputError("no int8 model set (encoder.int8.onnx)", path=model_dir)
+        ms = layout.variants.get(want) or layout.variants.get("fp32") or next(iter(layout.variants.values()))
+        if layout.bpe_vocab and "bpe_vocab" not in kwargs:
+            kwargs["bpe_vocab"] = str(layout.bpe_vocab)
+        kwargs.setdefault("model_type", "nemo_transducer")
+        return cls.from_transducer(str(ms.encoder), str(ms.decoder), str(ms.joiner), str(layout.tokens),
+                                   provider=provider, **kwargs)
+
+    # --------------------------------------------------------------------- streams
+
+    def create_stream(self, hotwords: str | None = None):
+        if self._chunking is None:
+            return super().create_stream(hotwords)
+        return OfflineStream(self, hotwords)
+
+    def _raw_stream(self, hotwords: str | None):
+        return super().create_stream(hotwords)
+
+    def decode_stream(self, s) -> None:
+        self.decode_streams([s])
+
+    def decode_streams(self, ss) -> None:
+        if self._chunking is None or not all(isinstance(s, OfflineStream) for s in ss):
+            if any(isinstance(s, OfflineStream) for s in ss):
+                raise TypeError("mix of sherpa_fixed and sherpa_onnx streams in one decode_streams call")
+            return super().decode_streams(ss)
+        delegated = [s for s in ss if s._delegates()]
+        if delegated:
+            raws = [s._raw_for_delegation() for s in delegated]
+            if self._chunking.batch > 1:
+                super().decode_streams(raws)
+            else:
+                for r in raws:
+                    super().decode_stream(r)
+            for s, r in zip(delegated, raws, strict=True):
+                s._result = r.result
+        chunked = [s for s in ss if not s._delegates()]
+        for s in chunked:
+            s._finish()
+        self._decode_pending(chunked)
+        for s in chunked:
+            s._settle()
+            s._result = merge(s._pieces, s._windows_done)
+
+    def _decode_pending(self, streams: list[OfflineStream]) -> None:
+        """Decode every planned window of these streams, `batch` windows per sherpa-onnx call."""
+        batch = self._chunking.batch
+        queue = [(s, w) for s in streams for w in s._take_ready()]
+        while queue:
+            group, queue = queue[:batch], queue[batch:]
+            raws = []
+            for s, (_win, samples) in group:
+                raw = self._raw_stream(s._hotwords)
+                raw.accept_waveform(self._chunking.sample_rate, samples)
+                raws.append(raw)
+            if len(raws) > 1:
+                super().decode_streams(raws)
+            else:
+                super().decode_stream(raws[0])
+            for (s, (win, _samples)), raw in zip(group, raws, strict=True):
+                s._absorb(win, raw.result)
+
+
+class OfflineStream:
+    """What create_stream returns for NeMo transducers: buffers audio, windows it, merges results."""
+
+    def __init__(self, recognizer: OfflineRecognizer, hotwords: str | None):
+        self._rec = recognizer
+        self._hotwords = hotwords
+        self._c = recognizer._chunking
+        self._in_rate: int | None = None
+        self._resampler: Resampler | None = None
+        self._original: list[np.ndarray] = []  # kept only while delegation is possible
+        self._buf = np.zeros(0, np.float32)  # model-rate samples from _buf_start on
+        self._buf_start = 0
+        self._n = 0  # model-rate samples accepted
+        self._finished = False
+        self._chunked = False
+        self._next_start = 0  # start of the next window to decode
+        self._next_index = 0
+        self._keep_from = 0
+        self._pieces: list[list[Token]] = []
+        self._pending: list[Token] | None = None  # the last decoded window's tokens, right seam unsettled
+        self._pending_from = 0
+        self._pending_win: Window | None = None
+        self._windows_done = 0
+        self._result = None
+        self._options: dict[str, str] = {}
+        self.on_progress: Progress | None = None
+
+    # -- the sherpa_onnx.OfflineStream API
+    def accept_waveform(self, sample_rate: int, waveform) -> None:
+        if self._finished:
+            raise RuntimeError("accept_waveform after decoding; create a new stream")
+        samples = np.asarray(waveform, dtype=np.float32).reshape(-1)
+        if self._in_rate is None:
+            self._in_rate = int(sample_rate)
+            if self._in_rate != self._c.sample_rate:
+                self._resampler = Resampler(self._in_rate, self._c.sample_rate)
+        elif int(sample_rate) != self._in_rate:
+            raise BadInputError(f"sample rate changed within one stream ({self._in_rate} then {sample_rate})")
+        if not self._c.fixed and not self._chunked:
+            self._original.append(samples.copy())
+        model_rate = self._resampler.process(samples) if self._resampler else samples
+        self._append(model_rate)
+
+    @property
+    def result(self):
+        if self._result is None:
+            return MergedResult()
+        return self._result
+
+    def set_option(self, key: str, value: str) -> None:
+        self._options[key] = value
+
+    def get_option(self, key: str) -> str:
+        return self._options.get(key, "")
+
+    def has_option(self, key: str) -> bool:
+        return key in self._options
+
+    # -- windowing
+    def _append(self, samples: np.ndarray) -> None:
+        self._buf = np.concatenate([self._buf, samples]) if len(self._buf) else samples.copy()
+        self._n += len(samples)
+        # A dynamic encoder gets the whole stream in one piece while it fits in one window.
+        if not self._c.fixed and not self._chunked and self._n > self._c.spec.window:
+            self._chunked = True
+            self._original = []
+        if (self._c.fixed or self._chunked) and len(self._cuttable()) >= self._c.batch:
+            self._rec._decode_pending([self])
+
+    def _delegates(self) -> bool:
+        return not self._c.fixed and not self._chunked
+
+    def _raw_for_delegation(self):
+        self._finished = True
+        raw = self._rec._raw_stream(self._hotwords)
+        for key, value in self._options.items():
+            raw.set_option(key, value)
+        original = np.concatenate(self._original) if self._original else np.zeros(0, np.float32)
+        if original.size == 0:
+            raise BadInputError("no audio was accepted into this stream", fix="call accept_waveform first")
+        raw.accept_waveform(self._in_rate, original)
+        self._original = []
+        return raw
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        if self._resampler is not None:
+            tail = self._resampler.flush()
+            self._buf = np.concatenate([self._buf, tail])
+            self._n += len(tail)
+        self._finished = True
+        if self._n == 0:
+            raise BadInputError("no audio was accepted into this stream", fix="call accept_waveform first")
+
+    def _cuttable(self) -> list[Window]:
+        """Windows that every plan for any final length >= what has arrived contains unchanged.
+
+        A full window at s keeps up to the middle of its overlap with the window at s + hop;
+        that neighbour is certain once audio reaches past s + hop + W (fixed windows: otherwise
+        the final window could slide back and move the split) or past s + W (dynamic ones).
+        """
+        spec = self._c.spec
+        margin = spec.hop if spec.fixed else 0
+        out, s, index = [], self._next_start, self._next_index
+        while s + margin + spec.window < self._n:
+            out.append(Window(index, s, spec.window, 0, self._keep_from, regular_keep_to(s, spec)))
+            s += spec.hop
+            index += 1
+        return out
+
+    def _take_ready(self) -> list[tuple[Window, np.ndarray]]:
+        if self._finished:
+            windows = [w for w in plan_windows(self._n, self._c.spec) if w.index >= self._next_index]
+            if windows and windows[0].start < self._buf_start:
+                raise AssertionError("window planning kept too little audio")  # a bug, not bad input
+        else:
+            windows = self._cuttable()
+        out = []
+        for w in windows:
+            w = Window(w.index, w.start, w.length, w.pad, self._keep_from, w.keep_to)
+            real = self._buf[w.start - self._buf_start: w.end - self._buf_start]
+            out.append((w, window_samples(real, w, rng_seed=w.index)))
+            self._keep_from = w.keep_to
+            self._next_index = w.index + 1
+            self._next_start = w.start + self._c.spec.hop
+        if out and not self._finished:
+            # The final window of a fixed encoder may slide back to just after the last cut one;
+            # keep from there on, drop the rest.
+            keep_from = out[-1][0].start + self._c.spec.grid
+            drop = keep_from - self._buf_start
+            if drop > 0:
+                self._buf = self._buf[drop:]
+                self._buf_start = keep_from
+        return out
+
+    def _absorb(self, win: Window, raw_result) -> None:
+        """Take one decoded window (in order); settle the seam with the window before it."""
+        c = self._c
+        tokens = window_tokens(raw_result, win, c.spec, c.sample_rate, self._n if self._finished else None)
+        if self._pending is None:
+            self._pending, self._pending_from = tokens, 0
+        else:
+            prev_win = self._pending_win
+            keep, first = seam(self._pending, tokens, win.keep_from, win.start, prev_win.end, c.spec.grid,
+                               max(c.spec.grid, c.spec.overlap // 4))
+            self._pieces.append(self._pending[self._pending_from:max(keep, self._pending_from)])
+            self._pending, self._pending_from = tokens, first
+        self._pending_win = win
+        self._windows_done += 1
+        if self.on_progress:
+            self.on_progress(min(win.keep_to, self._n), self._n)
+
+    def _settle(self) -> None:
+        """After the last window: its tokens from its seam on are final."""
+        if self._pending is not None:
+            self._pieces.append(self._pending[self._pending_from:])
+            self._pending = None

@@ -1,0 +1,125 @@
+"""Transcribe WAV files with the drop-in recognizer: text, JSON with timestamps, or SRT.
+
+One bad file (missing, empty, silent, corrupt, not audio) yields an error
+entry for that file and the others go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .audio import check_audible, read_wav
+from .errors import SherpaFixedError
+
+FRAME_S = 0.08  # a token's span when the model gives no duration (one encoder output frame)
+
+
+@dataclass
+class FileResult:
+    path: str
+    ok: bool
+    error: str | None = None
+    text: str = ""
+    tokens: list[str] = field(default_factory=list)
+    timestamps: list[float] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    sample_rate: int | None = None
+    channels: int | None = None
+
+    @property
+    def rtf(self) -> float | None:
+        return self.decode_seconds / self.audio_seconds if self.audio_seconds else None
+
+    def to_json(self) -> dict:
+        return {"file": self.path, "ok": self.ok, "error": self.error, "text": self.text, "tokens": self.tokens,
+                "timestamps": [round(t, 3) for t in self.timestamps],
+                "durations": [round(d, 3) for d in self.durations],
+                "audio_seconds": round(self.audio_seconds, 3), "decode_seconds": round(self.decode_seconds, 3),
+                "real_time_factor": None if self.rtf is None else round(self.rtf, 4),
+                "sample_rate": self.sample_rate, "channels": self.channels}
+
+
+def transcribe_file(recognizer, path: str | Path,
+                    progress: Callable[[int, int], None] | None = None) -> FileResult:
+    try:
+        audio = read_wav(path)
+        check_audible(audio)
+    except SherpaFixedError as exc:
+        return FileResult(str(path), False, exc.one_line())
+    t = time.perf_counter()
+    stream = recognizer.create_stream()
+    if progress is not None and hasattr(stream, "on_progress"):
+        stream.on_progress = progress
+    stream.accept_waveform(audio.sample_rate, audio.samples)
+    recognizer.decode_stream(stream)
+    elapsed = time.perf_counter() - t
+    r = stream.result
+    return FileResult(str(path), True, None, r.text, list(r.tokens), list(r.timestamps),
+                      list(getattr(r, "durations", []) or []), audio.seconds, elapsed, audio.sample_rate,
+                      audio.channels)
+
+
+def transcribe_files(recognizer, paths: list[str | Path],
+                     progress_for: Callable[[str, float], Callable[[int, int], None] | None] | None = None
+                     ) -> Iterator[FileResult]:
+    for p in paths:
+        yield transcribe_file(recognizer, p, progress_for(str(p), 0.0) if progress_for else None)
+
+
+# ----------------------------------------------------------------------------- subtitles
+
+
+@dataclass
+class Word:
+    text: str
+    start: float
+    end: float
+
+
+def words(result: FileResult) -> list[Word]:
+    """Words from BPE tokens: a token starting with a space (sherpa-onnx's rendering of "▁") opens one."""
+    out: list[Word] = []
+    for i, (tok, ts) in enumerate(zip(result.tokens, result.timestamps, strict=False)):
+        dur = result.durations[i] if i < len(result.durations) and result.durations[i] > 0 else FRAME_S
+        if not out or tok.startswith(" "):
+            out.append(Word(tok.strip(), ts, ts + dur))
+        else:
+            out[-1].text += tok
+            out[-1].end = max(out[-1].end, ts + dur)
+    for a, b in itertools.pairwise(out):
+        a.end = min(a.end, b.start) if b.start > a.start else a.end
+    return [w for w in out if w.text]
+
+
+def _stamp(seconds: float) -> str:
+    ms = max(0, round(seconds * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
+
+
+def to_srt(result: FileResult, max_chars: int = 42, max_seconds: float = 5.0, max_gap: float = 1.0) -> str:
+    """SubRip cues of at most max_chars characters and max_seconds, split at pauses over max_gap."""
+    cues: list[list[Word]] = []
+    for w in words(result):
+        if cues:
+            cur = cues[-1]
+            text_len = len(" ".join(x.text for x in cur)) + 1 + len(w.text)
+            if text_len <= max_chars and w.end - cur[0].start <= max_seconds and w.start - cur[-1].end <= max_gap:
+                cur.append(w)
+                continue
+        cues.append([w])
+    blocks = []
+    for i, cue in enumerate(cues, 1):
+        end = max(cue[-1].end, cue[0].start + 0.3)
+        if i < len(cues):
+            end = min(end, cues[i][0].start)
+        blocks.append(f"{i}\n{_stamp(cue[0].start)} --> {_stamp(end)}\n{' '.join(w.text for w in cue)}\n")
+    return "\n".join(blocks)

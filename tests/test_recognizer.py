@@ -1,0 +1,305 @@
+"""The drop-in recognizer: exact transcripts across window seams, identity with plain sherpa-onnx
+where no windowing is needed, and the real static-shape NeMo export running at any length."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import sherpa_onnx
+
+from sherpa_fixed import OfflineRecognizer
+from sherpa_fixed.audio import resample
+from sherpa_fixed.errors import BadInputError
+from sherpa_fixed.oracle import OracleSpec, expected_text, oracle_audio, random_tokens, write_oracle_folder
+from sherpa_fixed.prepare import prepare_folder
+
+
+def files(d, suffix=""):
+    return dict(encoder=f"{d}/encoder{suffix}.onnx", decoder=f"{d}/decoder{suffix}.onnx",
+                joiner=f"{d}/joiner{suffix}.onnx", tokens=f"{d}/tokens.txt", model_type="nemo_transducer")
+
+
+def decode(rec, audio, rate=16000, chunk=None):
+    s = rec.create_stream()
+    chunk = chunk or len(audio)
+    for i in range(0, len(audio), chunk):
+        s.accept_waveform(rate, audio[i:i + chunk])
+    rec.decode_stream(s)
+    return s.result
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tdt", "rnnt"])
+def oracle(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp("oracle")
+    tdt = request.param
+    return (write_oracle_folder(root / "dynamic", OracleSpec(tdt=tdt)),
+            write_oracle_folder(root / "fixed", OracleSpec(tdt=tdt, fixed_frames=400)))
+
+
+def test_oracle_full_context_decode_is_the_known_sequence(oracle):
+    dynamic, _ = oracle
+    plain = sherpa_onnx.OfflineRecognizer.from_transducer(**files(dynamic))
+    for seed in range(5):
+        toks = random_tokens(40, seed)
+        audio, _ = oracle_audio(toks, seed=seed)
+        assert decode(plain, audio).text == expected_text(toks)
+
+
+def test_oracle_fixed_window_refuses_other_lengths_in_plain_sherpa(oracle):
+    _, fixed = oracle
+    from sherpa_fixed.sherpa_check import run_sherpa
+
+    run = run_sherpa(*(files(fixed)[k] for k in ("encoder", "decoder", "joiner", "tokens")), samples=[16000 * 7])
+    assert not run.ok and "Expected: 400" in run.stderr
+
+
+@pytest.mark.parametrize("overlap", [0.48, 1.0, 2.0])
+def test_chunked_decode_is_exact_at_every_seam_placement(oracle, overlap):
+    _, fixed = oracle
+    rec = OfflineRecognizer.from_transducer(**files(fixed), overlap_seconds=overlap)
+    checked = 0
+    for seed, count in ((0, 3), (1, 12), (2, 45)):
+        toks = random_tokens(count, seed)
+        audio, segments = oracle_audio(toks, seed=seed)
+        for shift in range(0, 4 * 16000, 3331):  # seams land inside segments, in gaps, everywhere
+            lead = (np.random.default_rng(shift).standard_normal(shift) * 1e-2).astype(np.float32)
+            a = np.concatenate([lead, audio])
+            r = decode(rec, a, chunk=[None, 1600, 12345][shift % 3])
+            assert r.text == expected_text(toks), (seed, shift, r.text)
+            assert list(r.timestamps) == sorted(r.timestamps)
+            assert all(0 <= t < len(a) / 16000 for t in r.timestamps)
+            onsets = [s.start + shift / 16000 for s in segments]
+            assert all(abs(t - o) <= 0.2 for t, o in zip(r.timestamps, onsets, strict=True))
+            checked += 1
+    assert checked > 50
+
+
+def test_audio_shorter_than_one_window_is_padded_and_padding_yields_nothing(oracle):
+    _, fixed = oracle
+    rec = OfflineRecognizer.from_transducer(**files(fixed))
+    for seed in range(6):
+        toks = random_tokens(1 + seed % 3, seed)
+        audio, _ = oracle_audio(toks, seed=seed, lead=0.2, tail=0.1)
+        assert len(audio) < 4 * 16000
+        r = decode(rec, audio)
+        assert r.text == expected_text(toks)
+        assert all(t < len(audio) / 16000 for t in r.timestamps)
+
+
+def test_final_window_slides_back_over_real_audio(oracle):
+    from sherpa_fixed.chunker import plan_windows
+
+    _, fixed = oracle
+    rec = OfflineRecognizer.from_transducer(**files(fixed), overlap_seconds=1.0)
+    spec = rec._chunking.spec
+    for n in (64001, 64000 + 1279, 100000, 16000 * 9 + 77):
+        plan = plan_windows(n, spec)
+        last = plan[-1]
+        assert last.start + last.length == n and last.pad < spec.grid
+        assert all(w.start % spec.grid == 0 for w in plan)
+        assert [w.keep_from for w in plan[1:]] == [w.keep_to for w in plan[:-1]]
+
+
+def test_dynamic_encoder_long_audio_is_windowed_exactly(oracle):
+    dynamic, _ = oracle
+    rec = OfflineRecognizer.from_transducer(**files(dynamic), window_seconds=5.0, overlap_seconds=1.0)
+    toks = random_tokens(60, 9)
+    audio, _ = oracle_audio(toks, seed=9)
+    r = decode(rec, audio, chunk=4000)
+    assert r.windows > 5
+    assert r.text == expected_text(toks)
+
+
+def test_resampled_input_is_exact(oracle):
+    _, fixed = oracle
+    rec = OfflineRecognizer.from_transducer(**files(fixed))
+    toks = random_tokens(30, 4)
+    audio, _ = oracle_audio(toks, seed=4)
+    for rate in (22050, 44100, 48000):
+        assert decode(rec, resample(audio, 16000, rate), rate=rate, chunk=rate // 3).text == expected_text(toks)
+
+
+class CountingRecognizer(OfflineRecognizer):
+    """Counts the windows per sherpa-onnx call (instrumentation, the decoding is real)."""
+
+    calls: list[int]
+
+    def _decode_pending(self, streams):
+        self.calls = getattr(self, "calls", [])
+        original = sherpa_onnx.OfflineRecognizer.decode_streams
+
+        def spy(rec, ss):
+            self.calls.append(len(ss))
+            return original(rec, ss)
+
+        sherpa_onnx.OfflineRecognizer.decode_streams = spy
+        try:
+            return super()._decode_pending(streams)
+        finally:
+            sherpa_onnx.OfflineRecognizer.decode_streams = original
+
+
+def test_windows_are_batched_when_the_batch_axis_is_dynamic(tmp_path):
+    dynamic = write_oracle_folder(tmp_path / "d", OracleSpec())
+    toks = random_tokens(80, 5)
+    audio, _ = oracle_audio(toks, seed=5)
+    batched = CountingRecognizer.from_transducer(**files(dynamic), window_seconds=4.0, max_batch=4)
+    single = CountingRecognizer.from_transducer(**files(dynamic), window_seconds=4.0, max_batch=1)
+    a, b = decode(batched, audio), decode(single, audio)
+    assert a.text == b.text == expected_text(toks)
+    assert a.timestamps == b.timestamps
+    assert max(batched.calls) == 4
+    assert getattr(single, "calls", []) == []  # batch 1: one decode_stream per window, never decode_streams
+
+
+def test_fixed_batch_encoder_decodes_windows_one_by_one(oracle):
+    _, fixed = oracle  # batch fixed to 1, as static exports are
+    rec = CountingRecognizer.from_transducer(**files(fixed))
+    assert rec._chunking.batch == 1
+    toks = random_tokens(40, 6)
+    audio, _ = oracle_audio(toks, seed=6)
+    assert decode(rec, audio).text == expected_text(toks)
+    assert getattr(rec, "calls", []) == []
+
+
+# ----------------------------------------------------------------------------- identity with plain sherpa-onnx
+
+
+def same_result(a, b):
+    return (a.text, list(a.tokens), list(a.timestamps)) == (b.text, list(b.tokens), list(b.timestamps))
+
+
+@pytest.mark.parametrize("name", ["tdt-80", "rnnt-80", "tdt-128"])
+def test_dynamic_nemo_export_short_audio_identical_to_plain_sherpa(nemo_copy, tmp_path, name):
+    src, _truth = nemo_copy(name)
+    folder = tmp_path / "prepared"
+    assert prepare_folder(src, output=folder).exit_code == 0
+    ours = OfflineRecognizer.from_model_dir(folder)
+    plain = sherpa_onnx.OfflineRecognizer.from_transducer(**files(folder))
+    rng = np.random.default_rng(0)
+    for seconds in (0.5, 3.0, 11.7):
+        audio = (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+        a, b = decode(ours, audio), decode(plain, audio)
+        assert type(a) is type(b)  # delegated: plain sherpa-onnx's own result object
+        assert same_result(a, b)
+    streams = []
+    for rec in (ours, plain):
+        ss = [rec.create_stream() for _ in range(3)]
+        for i, s in enumerate(ss):
+            s.accept_waveform(16000, (np.random.default_rng(i).standard_normal(8000 * (i + 1)) * 0.1)
+                              .astype(np.float32))
+        rec.decode_streams(ss)
+        streams.append(ss)
+    assert all(same_result(x.result, y.result) for x, y in zip(*streams, strict=True))
+
+
+def test_static_nemo_export_one_window_matches_plain_and_any_length_runs(nemo_copy, tmp_path):
+    src, _truth = nemo_copy("tdt-80-static800")
+    folder = tmp_path / "prepared"
+    result = prepare_folder(src, output=folder)
+    assert result.exit_code == 1  # metadata fixed; time stays baked, so plain sherpa-onnx needs exact windows
+    ours = OfflineRecognizer.from_model_dir(folder)
+    assert ours._chunking.fixed_frames == 800 and ours._chunking.batch == 1
+    plain = sherpa_onnx.OfflineRecognizer.from_transducer(**files(folder))
+    audio = (np.random.default_rng(3).standard_normal(800 * 160) * 0.1).astype(np.float32)
+    assert same_result(decode(ours, audio), decode(plain, audio))
+    for seconds in (2.5, 8.0, 31.3, 75.0):  # shorter than, equal to, several windows, beyond
+        long = (np.random.default_rng(int(seconds)).standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+        r = decode(ours, long, chunk=16000)
+        assert list(r.timestamps) == sorted(r.timestamps)
+        assert all(0 <= t < seconds for t in r.timestamps)
+        assert r.tokens
+
+
+def test_dynamic_nemo_export_beyond_its_positional_limit_works_windowed(nemo_copy, tmp_path):
+    src, _truth = nemo_copy("tdt-80")  # pos_emb_max_len 1000: plain sherpa-onnx fails past ~80 s
+    folder = tmp_path / "prepared"
+    prepare_folder(src, output=folder)
+    from sherpa_fixed.sherpa_check import run_sherpa
+
+    assert not run_sherpa(*(files(folder)[k] for k in ("encoder", "decoder", "joiner", "tokens")),
+                          samples=[16000 * 90]).ok
+    ours = OfflineRecognizer.from_model_dir(folder)
+    r = decode(ours, (np.random.default_rng(1).standard_normal(16000 * 90) * 0.1).astype(np.float32))
+    assert r.windows >= 3 and r.tokens and max(r.timestamps) < 90
+
+
+# ----------------------------------------------------------------------------- API surface
+
+
+def test_drop_in_surface(make_folder):
+    folder = make_folder(int8=True)
+    rec = OfflineRecognizer.from_model_dir(folder)
+    assert isinstance(rec, sherpa_onnx.OfflineRecognizer)
+    assert rec.config.model_config.transducer.encoder_filename.endswith("encoder.int8.onnx")
+    assert OfflineRecognizer.from_model_dir(folder, int8=False).config.model_config.transducer.encoder_filename \
+        .endswith("encoder.onnx")
+    s = rec.create_stream()
+    s.set_option("k", "v")
+    assert s.has_option("k") and s.get_option("k") == "v"
+    assert str(s.result)  # an empty result before decoding, as sherpa-onnx's
+    for name in ("from_whisper", "from_paraformer", "from_nemo_ctc", "from_sense_voice"):
+        assert getattr(OfflineRecognizer, name) is not None
+
+
+@pytest.mark.parametrize("meta, words", [("missing", "'vocab_size' does not exist"),
+                                         ("wrong_feat_dim", "index: 1 Got: 128 Expected: 80")])
+def test_a_model_sherpa_would_exit_on_raises_instead(make_folder, meta, words):
+    folder = make_folder(metadata=meta)
+    with pytest.raises(BadInputError, match=words):
+        OfflineRecognizer.from_model_dir(folder)
+
+
+def test_empty_stream_is_a_clear_error(make_folder):
+    rec = OfflineRecognizer.from_model_dir(make_folder())
+    with pytest.raises(BadInputError, match="no audio"):
+        rec.decode_stream(rec.create_stream())
+
+
+def test_recognizer_loads_external_weights_in_old_sherpa_from_any_folder(make_folder, old_sherpa_python, tmp_path):
+    from .conftest import run_python
+
+    folder = make_folder(external="single")
+    code = r"""
+import sys, numpy as np
+from sherpa_fixed import OfflineRecognizer
+r = OfflineRecognizer.from_model_dir(sys.argv[1])
+s = r.create_stream(); s.accept_waveform(16000, np.zeros(16000, np.float32) + 0.01); r.decode_stream(s)
+from importlib.metadata import version; print(version("sherpa-onnx"), len(s.result.tokens))
+"""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_python(old_sherpa_python, code, str(folder), cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("1.12.35")
+
+
+def test_seam_rule_pairs_jittered_tokens():
+    from sherpa_fixed.chunker import Token, seam
+
+    g = 1280
+    a = [Token(t, s, s / 16000) for t, s in ((" a", 10 * g), ("b", 20 * g), (" c", 30 * g))]
+    b = [Token(t, s, s / 16000) for t, s in (("b", 21 * g), (" c", 30 * g), (" d", 40 * g))]
+    # split at 21g: a's "b" (20g) and b's "b" (21g) are one token seen one frame apart
+    keep, first = seam(a, b, split=21 * g, b_start=15 * g, a_end=35 * g, grid=g, reach=8 * g)
+    merged = [t.text for t in a[:keep]] + [t.text for t in b[first:]]
+    assert merged == [" a", "b", " c", " d"]
+    # no shared token near the split: the time cut
+    keep, first = seam(a[:1], b[2:], split=25 * g, b_start=15 * g, a_end=35 * g, grid=g, reach=8 * g)
+    assert (keep, first) == (1, 0)
+
+
+def test_chunker_plans_cover_everything_once():
+    from sherpa_fixed.chunker import WindowSpec, plan_windows
+
+    for fixed, window, overlap in itertools.product((True, False), (64000, 128000), (0, 16 * 1280)):
+        spec = WindowSpec(window, overlap, 1280, fixed)
+        for n in (1, 1279, window - 1, window, window + 1, 3 * window + 12345):
+            plan = plan_windows(n, spec)
+            assert plan[0].keep_from == 0 and plan[-1].keep_to == n
+            assert all(a.keep_to == b.keep_from and a.keep_from <= a.keep_to for a, b in itertools.pairwise(plan))
+            assert all(w.keep_from >= w.start and w.keep_to <= w.start + w.length for w in plan)
+            if fixed:
+                assert all(w.length + w.pad == window for w in plan)
