@@ -147,7 +147,8 @@ class MergedResult:
     emotion: str = ""
     event: str = ""
     words: list = field(default_factory=list)
-    windows: int = 0
+    windows: int = 0  # how many encoder windows were decoded
+    decoded_seconds: float = 0.0  # audio fed to the encoder, overlaps counted twice
 
     @property
     def text(self) -> str:
@@ -216,8 +217,8 @@ def seam(a: list[Token], b: list[Token], split: int, b_start: int, a_end: int, g
     return keep_a, first_b
 
 
-def merge(pieces: list[list[Token]], windows: int) -> MergedResult:
-    r = MergedResult(windows=windows)
+def merge(pieces: list[list[Token]], windows: int, decoded_seconds: float = 0.0) -> MergedResult:
+    r = MergedResult(windows=windows, decoded_seconds=decoded_seconds)
     for toks in pieces:
         for t in toks:
             r.tokens.append(t.text)

@@ -223,7 +223,7 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
         self._decode_pending(chunked)
         for s in chunked:
             s._settle()
-            s._result = merge(s._pieces, s._windows_done)
+            s._result = merge(s._pieces, s._windows_done, s._decoded / self._chunking.sample_rate)
 
     def _decode_pending(self, streams: list[OfflineStream]) -> None:
         """Decode every planned window of these streams, `batch` windows per sherpa-onnx call."""
@@ -233,6 +233,7 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
             group, queue = queue[:batch], queue[batch:]
             raws = []
             for s, (_win, samples) in group:
+                s._decoded += len(samples)
                 raw = self._raw_stream(s._hotwords)
                 raw.accept_waveform(self._chunking.sample_rate, samples)
                 raws.append(raw)
@@ -254,6 +255,7 @@ class OfflineStream:
         self._in_rate: int | None = None
         self._resampler: Resampler | None = None
         self._original: list[np.ndarray] = []  # kept only while delegation is possible
+        self._n_original = 0
         self._buf = np.zeros(0, np.float32)  # model-rate samples from _buf_start on
         self._buf_start = 0
         self._n = 0  # model-rate samples accepted
@@ -267,6 +269,7 @@ class OfflineStream:
         self._pending_from = 0
         self._pending_win: Window | None = None
         self._windows_done = 0
+        self._decoded = 0
         self._result = None
         self._options: dict[str, str] = {}
         self.on_progress: Progress | None = None
@@ -282,10 +285,25 @@ class OfflineStream:
                 self._resampler = Resampler(self._in_rate, self._c.sample_rate)
         elif int(sample_rate) != self._in_rate:
             raise BadInputError(f"sample rate changed within one stream ({self._in_rate} then {sample_rate})")
-        if not self._c.fixed and not self._chunked:
-            self._original.append(samples.copy())
-        model_rate = self._resampler.process(samples) if self._resampler else samples
-        self._append(model_rate)
+        if self._delegates():
+            # A dynamic encoder gets the whole stream in one piece, at its own rate, while it fits in
+            # one window: keep the original samples only, and count them at the model's rate.
+            self._n_original += len(samples)
+            if self._n_original * self._c.sample_rate <= self._c.spec.window * self._in_rate:
+                self._original.append(samples.copy())
+                return
+            self._chunked = True  # too long: window it, without ever copying this call's samples whole
+            pending, self._original = self._original, []
+            for piece in pending:
+                self._feed(piece)
+        self._feed(samples)
+
+    def _feed(self, samples: np.ndarray) -> None:
+        # In pieces of about one window, so a long array never gets a second full-length copy here.
+        step = self._c.spec.window * max(1, self._in_rate // self._c.sample_rate)
+        for i in range(0, len(samples), step):
+            piece = samples[i:i + step]
+            self._append(self._resampler.process(piece) if self._resampler else piece)
 
     @property
     def result(self):
@@ -304,13 +322,9 @@ class OfflineStream:
 
     # -- windowing
     def _append(self, samples: np.ndarray) -> None:
-        self._buf = np.concatenate([self._buf, samples]) if len(self._buf) else samples.copy()
+        self._buf = np.concatenate([self._buf, samples])
         self._n += len(samples)
-        # A dynamic encoder gets the whole stream in one piece while it fits in one window.
-        if not self._c.fixed and not self._chunked and self._n > self._c.spec.window:
-            self._chunked = True
-            self._original = []
-        if (self._c.fixed or self._chunked) and len(self._cuttable()) >= self._c.batch:
+        if len(self._cuttable()) >= self._c.batch:
             self._rec._decode_pending([self])
 
     def _delegates(self) -> bool:

@@ -51,6 +51,8 @@ class ModelSpec:
     frames: int = 800  # the fixed time length when time != "dynamic"
     batch: str = "dynamic"
     pos_emb_max_len: int | None = None  # cap on output frames, as NeMo's rel-pos table
+    attention_heads: int = 0  # >0: each block also has full self-attention over time (memory O(T'^2))
+    blank_bias: float = 0.0  # added to the joiner's blank logit: >0 makes random weights emit fewer tokens
     metadata: str = "correct"
     normalize_type: str = "per_feature"
     url: str | None = None
@@ -214,6 +216,8 @@ def make_encoder(spec: ModelSpec, sink: WeightSink | None = None) -> onnx.ModelP
         x = b.op("Add", [x, rows], "/pos_enc/Add")
 
     for layer in range(spec.layers):
+        if spec.attention_heads:
+            x = _attention(b, x, spec, layer)
         p = f"/layers.{layer}/feed_forward"
         h = b.op("MatMul", [x, b.weight(f"layers.{layer}.ff.w1", (spec.d_model, 2 * spec.d_model), 0.2)],
                  f"{p}/linear1/MatMul")
@@ -238,6 +242,31 @@ def make_encoder(spec: ModelSpec, sink: WeightSink | None = None) -> onnx.ModelP
                                              ["Transposeoutputs_dim_0", spec.d_model, "Transposeoutputs_dim_2"]),
                helper.make_tensor_value_info("encoded_lengths", TensorProto.INT64, [len_dim])]
     return _model(b, "main_graph", inputs, outputs, encoder_metadata(spec))
+
+
+def _attention(b: _Builder, x: str, spec: ModelSpec, layer: int) -> str:
+    """Multi-head self-attention over all output frames, as in a Conformer block (no positions)."""
+    d, h = spec.d_model, spec.attention_heads
+    dh = d // h
+    p = f"/layers.{layer}/self_attn"
+    split = b.const(f"{p}/Constant", np.array([0, 0, h, dh], np.int64))
+    heads = []
+    for name in ("q", "k", "v"):
+        t = b.op("MatMul", [x, b.weight(f"layers.{layer}.self_attn.linear_{name}.weight", (d, d), 0.1)],
+                 f"{p}/linear_{name}/MatMul")
+        t = b.op("Reshape", [t, split], f"{p}/Reshape_{name}")
+        perm = [0, 2, 3, 1] if name == "k" else [0, 2, 1, 3]  # k: (N, H, Dh, T); q, v: (N, H, T, Dh)
+        heads.append(b.op("Transpose", [t], f"{p}/Transpose_{name}", perm=perm))
+    q, k, v = heads
+    scores = b.op("MatMul", [q, k], f"{p}/MatMul")
+    scores = b.op("Mul", [scores, b.const(f"{p}/Constant_1", np.array(1 / np.sqrt(dh), np.float32))], f"{p}/Mul")
+    attn = b.op("Softmax", [scores], f"{p}/Softmax", axis=-1)
+    ctx = b.op("MatMul", [attn, v], f"{p}/MatMul_1")
+    ctx = b.op("Transpose", [ctx], f"{p}/Transpose", perm=[0, 2, 1, 3])
+    ctx = b.op("Reshape", [ctx, b.const(f"{p}/Constant_2", np.array([0, 0, -1], np.int64))], f"{p}/Reshape")
+    out = b.op("MatMul", [ctx, b.weight(f"layers.{layer}.self_attn.linear_out.weight", (d, d), 0.1)],
+               f"{p}/linear_out/MatMul")
+    return b.op("Add", [x, out], f"/layers.{layer}/Add_attn")
 
 
 def make_decoder(spec: ModelSpec) -> onnx.ModelProto:
@@ -299,8 +328,10 @@ def make_joiner(spec: ModelSpec) -> onnx.ModelProto:
     d = b.op("Unsqueeze", [d, b.const("/Constant_1", np.array([1], np.int64))], "/Unsqueeze_1")
     h = b.op("Relu", [b.op("Add", [e, d], "/Add")], "/joint_net/joint_net.0/Relu")
     h = b.op("MatMul", [h, b.weight("onnx::MatMul_out", (j, spec.output_size), 0.5)], "/joint_net/joint_net.2/MatMul")
-    b.nodes.append(helper.make_node("Add", [h, b.weight("joint_net.2.bias", (spec.output_size,), 0.1)],
-                                    ["outputs"], name="/joint_net/joint_net.2/Add"))
+    bias = (b.rng.standard_normal(spec.output_size) * 0.1).astype(np.float32)
+    bias[spec.vocab_size] += spec.blank_bias
+    b.inits.append(numpy_helper.from_array(bias, "joint_net.2.bias"))
+    b.nodes.append(helper.make_node("Add", [h, "joint_net.2.bias"], ["outputs"], name="/joint_net/joint_net.2/Add"))
     inputs = [
         helper.make_tensor_value_info("encoder_outputs", TensorProto.FLOAT,
                                       ["encoder_outputs_dynamic_axes_1", spec.d_model,
