@@ -149,6 +149,7 @@ class MergedResult:
     words: list = field(default_factory=list)
     windows: int = 0  # how many encoder windows were decoded
     decoded_seconds: float = 0.0  # audio fed to the encoder, overlaps counted twice
+    window_results: list[dict] = field(default_factory=list)  # each window's own result, for validation
 
     @property
     def text(self) -> str:
@@ -217,8 +218,9 @@ def seam(a: list[Token], b: list[Token], split: int, b_start: int, a_end: int, g
     return keep_a, first_b
 
 
-def merge(pieces: list[list[Token]], windows: int, decoded_seconds: float = 0.0) -> MergedResult:
-    r = MergedResult(windows=windows, decoded_seconds=decoded_seconds)
+def merge(pieces: list[list[Token]], windows: int, decoded_seconds: float = 0.0,
+          window_results: list[dict] | None = None) -> MergedResult:
+    r = MergedResult(windows=windows, decoded_seconds=decoded_seconds, window_results=window_results or [])
     for toks in pieces:
         for t in toks:
             r.tokens.append(t.text)

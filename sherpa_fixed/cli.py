@@ -277,6 +277,41 @@ class _AudioBar:
             self.bar.__exit__(None, None, None)
 
 
+@main.command("validate")
+@click.argument("model_dir", type=click.Path())
+@click.option("--reference", default="parakeet-tdt-0.6b", show_default=True,
+              help="Reference layout (a name from models/reference, or a JSON file).")
+@click.option("--audio", type=click.Path(dir_okay=False),
+              help="WAV to decode both ways (default: 12 s of generated tone segments).")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the Python baseline runs (cuda needs the gpu extra: onnxruntime-gpu).")
+@click.option("--variant", "variants", multiple=True, help="Only these model sets (fp32, int8).")
+@click.option("--num-threads", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("-v", "--verbose", is_flag=True, help="Also list the expected differences.")
+@handle_errors
+def validate_cmd(model_dir, reference, audio, provider, variants, num_threads, as_json, verbose):
+    """Check MODEL_DIR against the parakeet-tdt-0.6b layout and decode audio two ways.
+
+    Every difference from the reference is reported as expected (80 vs 128 mel, model
+    width, vocabulary), fixable by `sherpa-fixed prepare`, or breaking. Then the same
+    audio is decoded by sherpa-onnx (through sherpa_fixed.OfflineRecognizer) and by an
+    independent Python baseline (onnxruntime, kaldi-native-fbank features, our own greedy
+    TDT/RNNT search); the token sequences must match, or the first divergence is shown.
+
+    Exit code: 0 valid and both decodes agree, 1 otherwise, 2 unusable input.
+    """
+    from .validate import render_validation, validate_folder
+
+    report = validate_folder(model_dir, reference=reference, audio=audio, provider=provider,
+                             variants=list(variants) or None, threads=num_threads)
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        click.echo(render_validation(report, verbose=verbose))
+    sys.exit(report.exit_code)
+
+
 @main.command("demo")
 @click.argument("folder", required=False, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the inspect report as JSON.")

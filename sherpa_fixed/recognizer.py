@@ -223,7 +223,8 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
         self._decode_pending(chunked)
         for s in chunked:
             s._settle()
-            s._result = merge(s._pieces, s._windows_done, s._decoded / self._chunking.sample_rate)
+            s._result = merge(s._pieces, s._windows_done, s._decoded / self._chunking.sample_rate,
+                              s._window_results)
 
     def _decode_pending(self, streams: list[OfflineStream]) -> None:
         """Decode every planned window of these streams, `batch` windows per sherpa-onnx call."""
@@ -270,6 +271,7 @@ class OfflineStream:
         self._pending_win: Window | None = None
         self._windows_done = 0
         self._decoded = 0
+        self._window_results: list[dict] = []
         self._result = None
         self._options: dict[str, str] = {}
         self.on_progress: Progress | None = None
@@ -397,6 +399,9 @@ class OfflineStream:
     def _absorb(self, win: Window, raw_result) -> None:
         """Take one decoded window (in order); settle the seam with the window before it."""
         c = self._c
+        self._window_results.append({"start": win.start, "tokens": list(raw_result.tokens),
+                                     "timestamps": list(raw_result.timestamps),
+                                     "durations": list(getattr(raw_result, "durations", []) or [])})
         tokens = window_tokens(raw_result, win, c.spec, c.sample_rate, self._n if self._finished else None)
         if self._pending is None:
             self._pending, self._pending_from = tokens, 0

@@ -116,3 +116,41 @@ def run_sherpa(
         return SherpaRun(True, 0, data["version"], data["results"], None, proc.stderr)
     return SherpaRun(False, proc.returncode, None, [], error_line(proc.stderr) or f"exit code {proc.returncode}",
                      proc.stderr)
+
+
+RECOGNIZER_CHILD = r"""
+import json, sys
+import numpy as np
+from sherpa_fixed import OfflineRecognizer
+a = json.loads(sys.argv[1])
+rec = OfflineRecognizer.from_transducer(a["encoder"], a["decoder"], a["joiner"], a["tokens"],
+                                        model_type="nemo_transducer", num_threads=a["threads"])
+s = rec.create_stream()
+s.accept_waveform(16000, np.load(a["audio"]))
+rec.decode_stream(s)
+r = s.result
+from importlib.metadata import version
+print("@@RESULT@@" + json.dumps({"version": version("sherpa-onnx"), "tokens": list(r.tokens),
+      "timestamps": list(r.timestamps), "durations": list(getattr(r, "durations", []) or []),
+      "windows": getattr(r, "windows", 1), "window_results": getattr(r, "window_results", None), "text": r.text}))
+"""
+
+
+def run_recognizer(encoder, decoder, joiner, tokens, audio_npy, *, threads: int = 1, python: str | None = None,
+                   timeout: float = 3600) -> tuple[dict | None, str | None]:
+    """Decode 16 kHz samples saved in audio_npy with sherpa_fixed.OfflineRecognizer in a child process.
+
+    Returns (result, None) or (None, the error line): sherpa-onnx may exit(-1) on a model it rejects.
+    """
+    args = {"encoder": str(encoder), "decoder": str(decoder), "joiner": str(joiner), "tokens": str(tokens),
+            "audio": str(audio_npy), "threads": threads}
+    proc = subprocess.run([python or sys.executable, "-c", RECOGNIZER_CHILD, json.dumps(args)], capture_output=True,
+                          text=True, timeout=timeout)
+    marker = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT@@")), None)
+    if proc.returncode == 0 and marker:
+        return json.loads(marker[len("@@RESULT@@"):]), None
+    tail = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    own = next((ln for ln in reversed(tail) if ln.startswith("sherpa_fixed.errors.")), None)
+    if own:
+        return None, own.split(": ", 1)[1] if ": " in own else own
+    return None, error_line(proc.stderr) or f"exit code {proc.returncode}"

@@ -1,0 +1,182 @@
+"""`sherpa-fixed validate`: does this folder match the 0.6B layout, and decode like a Python baseline?
+
+Two halves. Structure: the inspector's analysis compared with a reference
+layout (reference.py), each difference expected, fixable by prepare, or
+breaking. Decoding: the same 16 kHz audio through sherpa-onnx (our drop-in
+recognizer, in a child process, since sherpa-onnx exits on a model it
+rejects) and through baseline.py (onnxruntime and our own greedy search);
+the token sequences must agree, near-ties aside, or the first divergence is
+reported.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .audio import check_audible, read_wav, resample
+from .baseline import TIE_TOLERANCE, Baseline
+from .errors import EXIT_NEEDS_FIX, EXIT_OK
+from .inspector import inspect_folder
+from .reference import BREAKING, DEFAULT_REFERENCE, FIXABLE, Difference, compare_folder, load_reference
+from .sherpa_check import run_recognizer
+
+SCHEMA = "sherpa-fixed/validate"
+
+
+@dataclass
+class DecodeCheck:
+    variant: str
+    agree: bool
+    sherpa_version: str | None = None
+    sherpa_error: str | None = None
+    baseline_provider: str = "cpu"
+    tokens: int = 0
+    windows: int = 0
+    ties: list[dict] = field(default_factory=list)
+    divergence: dict | None = None
+    text: str | None = None
+
+    def to_json(self) -> dict:
+        return {"variant": self.variant, "agree": self.agree, "sherpa_onnx_version": self.sherpa_version,
+                "sherpa_onnx_error": self.sherpa_error, "baseline_provider": self.baseline_provider,
+                "tokens": self.tokens, "windows": self.windows, "near_ties": len(self.ties),
+                "max_tie_margin": max((t["margin"] for t in self.ties), default=None),
+                "tie_tolerance": TIE_TOLERANCE, "first_divergence": self.divergence, "text": self.text}
+
+
+@dataclass
+class ValidationReport:
+    folder: Path
+    reference: str
+    audio: str
+    audio_seconds: float
+    differences: dict[str, list[Difference]]
+    decodes: list[DecodeCheck]
+
+    @property
+    def structure_ok(self) -> bool:
+        return not any(d.category in (BREAKING, FIXABLE) for ds in self.differences.values() for d in ds)
+
+    @property
+    def decodes_agree(self) -> bool:
+        return bool(self.decodes) and all(d.agree for d in self.decodes)
+
+    @property
+    def valid(self) -> bool:
+        return self.structure_ok and self.decodes_agree
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.valid else EXIT_NEEDS_FIX
+
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA, "schema_version": 1, "sherpa_fixed_version": __version__,
+                "folder": str(self.folder), "reference": self.reference, "valid": self.valid,
+                "exit_code": self.exit_code, "audio": self.audio, "audio_seconds": round(self.audio_seconds, 3),
+                "differences": {k: [d.to_json() for d in v] for k, v in self.differences.items()},
+                "decodes": [d.to_json() for d in self.decodes]}
+
+
+def generated_audio(seconds: float = 12.0) -> np.ndarray:
+    """Deterministic test audio: tone segments over a noise floor (the oracle's generator)."""
+    from .oracle import oracle_audio, random_tokens
+
+    audio, _ = oracle_audio(random_tokens(int(seconds * 2), seed=1234), seed=1234)
+    return audio
+
+
+def _decode(v, tokens: Path, samples_path: Path, samples: np.ndarray, provider: str, threads: int) -> DecodeCheck:
+    files = {role: m.graph.path for role, m in v.models.items()}
+    result, error = run_recognizer(files["encoder"], files["decoder"], files["joiner"], tokens, samples_path,
+                                   threads=threads)
+    check = DecodeCheck(v.name, False, baseline_provider=provider)
+    if result is None:
+        check.sherpa_error = error
+        return check
+    check.sherpa_version = result["version"]
+    check.text = result["text"]
+    check.tokens = len(result["tokens"])
+    base = Baseline(files["encoder"], files["decoder"], files["joiner"], tokens, provider=provider, threads=threads)
+    b = base.decode(samples, guide=result)
+    check.windows = b["windows"]
+    check.ties = b["ties"]
+    check.divergence = b["divergence"]
+    same = b["tokens"] == result["tokens"] and b["timestamps"] == result["timestamps"]
+    if check.divergence is None and not same:
+        first = next((i for i, (x, y) in enumerate(zip(b["tokens"], result["tokens"], strict=False)) if x != y),
+                     min(len(b["tokens"]), len(result["tokens"])))
+        check.divergence = {"kind": "merged", "index": first,
+                            "sherpa": result["tokens"][first:first + 3], "baseline": b["tokens"][first:first + 3]}
+    if check.divergence is not None and "index" in check.divergence:
+        i = check.divergence["index"]
+        check.divergence["sherpa_context"] = result["tokens"][max(0, i - 3):i + 3]
+        check.divergence["time"] = result["timestamps"][i] if i < len(result["timestamps"]) else None
+    check.agree = check.divergence is None and same
+    return check
+
+
+def validate_folder(folder: str | os.PathLike, *, reference: str = DEFAULT_REFERENCE,
+                    audio: str | os.PathLike | None = None, provider: str = "cpu",
+                    variants: list[str] | None = None, threads: int = 1) -> ValidationReport:
+    folder = Path(folder)
+    report = inspect_folder(folder, variants=variants)
+    ref = load_reference(reference)
+    differences = compare_folder(report, ref)
+    if audio is not None:
+        a = read_wav(audio)
+        check_audible(a)
+        samples = resample(a.samples, a.sample_rate, 16000)
+        label = str(audio)
+    else:
+        samples = generated_audio()
+        label = f"generated: {len(samples) / 16000:.1f} s of tone segments over a noise floor"
+    decodes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "audio.npy"
+        np.save(path, samples.astype(np.float32))
+        for v in report.variants:
+            decodes.append(_decode(v, report.layout.tokens, path, samples, provider, threads))
+    return ValidationReport(folder, ref["name"], label, len(samples) / 16000, differences, decodes)
+
+
+def render_validation(r: ValidationReport, verbose: bool = False) -> str:
+    lines = [f"{r.folder} against {r.reference}"]
+    for key, diffs in r.differences.items():
+        shown = [d for d in diffs if verbose or d.category != "expected"]
+        expected = [d for d in diffs if d.category == "expected"]
+        if not diffs:
+            continue
+        lines.append(f"[{key}]")
+        for d in shown:
+            lines.append(f"  {d.category:<9} {d.line()}")
+        if expected and not verbose:
+            lines.append(f"  expected  {len(expected)} differences that are properties of the model "
+                         "(-v lists them)")
+    lines.append(f"audio: {r.audio}" + ("" if r.audio.startswith("generated") else f" ({r.audio_seconds:.1f} s)"))
+    for d in r.decodes:
+        head = f"  [{d.variant}] "
+        if d.sherpa_error:
+            lines.append(head + f"sherpa-onnx refused the model: {d.sherpa_error}")
+            continue
+        ties = f", {len(d.ties)} near-ties within {TIE_TOLERANCE} resolved as sherpa-onnx did" if d.ties else ""
+        if d.agree:
+            lines.append(head + f"sherpa-onnx {d.sherpa_version} and the Python baseline ({d.baseline_provider}) "
+                         f"agree on all {d.tokens} tokens in {d.windows} window(s){ties}")
+        else:
+            div = d.divergence or {}
+            lines.append(head + f"DISAGREE at token {div.get('index')} (time {div.get('time')}): "
+                         f"{div.get('kind')} decision, ours {div.get('ours', div.get('baseline'))} vs sherpa-onnx "
+                         f"{div.get('theirs', div.get('sherpa'))}, margin {div.get('margin')}; "
+                         f"sherpa-onnx context {div.get('sherpa_context')}")
+    verdict = "valid: matches the reference layout and decodes like the baseline" if r.valid else (
+        "not valid: " + ("structure differs (see fixable/breaking above; run sherpa-fixed prepare for fixable ones)"
+                         if not r.structure_ok else "") + (" " if not r.structure_ok and not r.decodes_agree else "")
+        + ("decodes do not agree" if not r.decodes_agree else ""))
+    lines.append(verdict)
+    return "\n".join(lines)
