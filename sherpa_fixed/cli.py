@@ -155,9 +155,16 @@ class _Bar:
               help="auto: onnxruntime bit-identity runs and a sherpa-onnx decode for models under 1 GiB and for "
                    "any graph whose shapes changed, streamed byte comparison otherwise; full: always run; "
                    "fast: byte comparison only; off: trust the rewrite.")
+@click.option("--window", is_flag=True,
+              help="Make a fixed-window (static-shape) encoder take any length inside the ONNX graph: it runs "
+                   "once per window in an ONNX Loop, so every sherpa-onnx binding (C++, Rust, Go, mobile) can "
+                   "decode audio of any length with it.")
+@click.option("--hop", type=float, help="With --window: seconds between window starts (window = hop + 2 x context).")
+@click.option("--context", type=float,
+              help="With --window: seconds of audio each kept stretch has on each side (default 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @handle_errors
-def prepare_cmd(model_dir, output, in_place, dry_run, inline, force, verify, as_json):
+def prepare_cmd(model_dir, output, in_place, dry_run, inline, force, verify, window, hop, context, as_json):
     """Rewrite MODEL_DIR so stock sherpa-onnx accepts it.
 
     Fixes the encoder metadata (fp32 and int8) from what the graphs measure,
@@ -176,7 +183,7 @@ def prepare_cmd(model_dir, output, in_place, dry_run, inline, force, verify, as_
     bar = _Bar(enabled=not as_json)
     try:
         result = prepare_folder(model_dir, output=output, in_place=in_place, dry_run=dry_run, inline=inline,
-                                force=force, verify=verify, progress=bar)
+                                force=force, verify=verify, progress=bar, window=window, hop=hop, context=context)
     finally:
         bar.close()
     if as_json:

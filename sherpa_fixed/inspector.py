@@ -29,11 +29,11 @@ from .onnx_graph import GraphFile
 from .probe import EncoderProbe, probe_encoder
 from .recipes import Recipe, find_recipe
 from .tokens import Tokens, read_tokens
+from .windowing import WINDOW_MARKER
 
 SCHEMA = "sherpa-fixed/inspect"
 SCHEMA_VERSION = 1
 FRAME_SHIFT_S = 0.01
-WINDOW_MARKER = "sherpa_fixed_window"  # metadata key of encoders windowed by `prepare --window`
 
 
 @dataclass
@@ -346,8 +346,8 @@ def inspect_variant(
         findings.append(Finding("info", "family.unknown", f"model family not recognised ({reason}); values no "
                                 "graph can tell come from NeMo defaults", None))
     window = _window_info(enc)
-    if window is not None:
-        findings = [f for f in findings if not f.code.startswith("encoder.time_fixed")]
+    if window is not None:  # its positional table and fixed sizes live inside the Loop, per window
+        findings = [f for f in findings if not f.code.startswith(("encoder.time_fixed", "encoder.max_length"))]
         findings.append(Finding("info", "encoder.windowed",
                                 f"{enc.name}: windowed by sherpa-fixed prepare --window (window "
                                 f"{window.get('window_frames')} frames, hop {window.get('hop_frames')}, context "

@@ -72,7 +72,7 @@ def count_encoder_layers(encoder: GraphFile) -> int | None:
     """Conformer blocks, from NeMo's node names (`/layers.N/...`)."""
     seen = set()
     pat = re.compile(r"(?:^|/)layers\.(\d+)[/.]")
-    for node in encoder.model.graph.node:
+    for node in all_nodes(encoder.model.graph):
         m = pat.search(node.name)
         if m:
             seen.add(int(m.group(1)))

@@ -92,10 +92,17 @@ def make_encoder(spec: OracleSpec) -> onnx.ModelProto:
              ]
     nodes = [helper.make_node("Transpose", ["audio_signal"], ["x_t"], name="/Transpose", perm=[0, 2, 1])]
     src = "x_t"
-    if fixed:  # baked: a mask of the fixed length, as NeMo's static export folds one in
-        inits.append(numpy_helper.from_array(np.ones((1, fixed, 1), np.float32), "/pre_encode/conv/Constant_1"))
-        nodes.append(helper.make_node("Mul", ["x_t", "/pre_encode/conv/Constant_1"], ["x_m"],
-                                      name="/pre_encode/conv/Mul_3"))
+    if fixed:  # baked, as NeMo's static export: mask = arange(T) < length, T a constant
+        inits += [numpy_helper.from_array(np.arange(fixed, dtype=np.int64), "/pre_encode/conv/Constant_1"),
+                  numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+                  numpy_helper.from_array(np.array([-1, fixed, 1], np.int64), "mask_shape")]
+        nodes += [helper.make_node("Unsqueeze", ["length", "ax1"], ["len_col"], name="/pre_encode/conv/Unsqueeze"),
+                  helper.make_node("Less", ["/pre_encode/conv/Constant_1", "len_col"], ["mask_b"],
+                                   name="/pre_encode/conv/Less"),
+                  helper.make_node("Cast", ["mask_b"], ["mask_f"], name="/pre_encode/conv/Cast",
+                                   to=TensorProto.FLOAT),
+                  helper.make_node("Reshape", ["mask_f", "mask_shape"], ["mask"], name="/pre_encode/conv/Reshape"),
+                  helper.make_node("Mul", ["x_t", "mask"], ["x_m"], name="/pre_encode/conv/Mul_3")]
         src = "x_m"
     nodes += [helper.make_node("MatMul", [src, "pick"], ["bands"], name="/pick/MatMul"),
               helper.make_node("Transpose", ["bands"], ["c0"], name="/Transpose_1", perm=[0, 2, 1])]

@@ -43,8 +43,9 @@ from .metadata import PREPARED_BY_KEY
 from .onnx_graph import GraphFile, initializer_tensors, load_graph, uses_external_data
 from .probe import EncoderProbe, probe_encoder
 from .sherpa_check import run_sherpa
-from .verify import Check, byte_proof, run_proof
+from .verify import Check, byte_proof, run_proof, window_proof
 from .weights import ONNX_THRESHOLD, WeightMove, plan_moves, set_inline, write_weights_file
+from .windowing import WindowParams, window_encoder, window_params
 
 PROTOBUF_LIMIT = (2 << 30) - (64 << 20)  # 2 GiB, with room for the graph itself
 RUN_PROOF_LIMIT = 1 << 30  # models above this are byte-proven unless their graph changed or --verify full
@@ -81,6 +82,7 @@ class FilePlan:
     freed: dict[str, dict[int, str]] = field(default_factory=dict)  # port name -> axis -> new dim name
     weights: str = "keep"  # keep | relocate | inline_small | consolidate | inline
     weights_name: str | None = None
+    window: WindowParams | None = None  # --window: the fixed-T graph becomes a Loop over windows
     changes: list[Change] = field(default_factory=list)
 
     @property
@@ -237,9 +239,18 @@ def _dim_name(port: str, axis: int) -> str:
 
 
 def _plan_dims(fp: FilePlan, v: VariantReport, probe: EncoderProbe | None, blockers: list[str],
-               warnings: list[str]) -> None:
+               warnings: list[str], window: dict | None = None) -> None:
     audio = v.encoder.inputs[0]
     time, batch = audio.axis("time"), audio.axis("batch")
+    if window is not None and time is not None and time.fixed:
+        sf = v.measured.get("subsampling_factor") or 8
+        fp.window = window_params(time.size, sf, hop_seconds=window.get("hop"), context_seconds=window.get("context"))
+        p = fp.window
+        fp.changes.append(Change(fp.name, "window", "time axis", f"fixed {time.size} frames",
+                                 f"any length: windows of {p.window} frames ({p.window / 100:g} s), hop {p.hop} "
+                                 f"({p.hop / 100:g} s), context {p.context} ({p.context / 100:g} s) each side",
+                                 "--window: the fixed-T graph runs once per window inside an ONNX Loop"))
+        return
     free_time = time is not None and time.fixed and not time.baked and not (probe and probe.time_baked)
     free_batch = batch is not None and batch.fixed and probe is not None and probe.batch_baked is False
     if time is not None and time.fixed and not free_time:
@@ -256,7 +267,7 @@ def _plan_dims(fp: FilePlan, v: VariantReport, probe: EncoderProbe | None, block
                                          "declared only: the graph runs at other sizes (probe)"))
 
 
-def plan_prepare(report: FolderReport, *, inline: bool = False) -> Plan:
+def plan_prepare(report: FolderReport, *, inline: bool = False, window: dict | None = None) -> Plan:
     """Decide every change from an inspect report; writes nothing."""
     if report.verdict.code == CANNOT_WORK:
         raise BadInputError("cannot be prepared: " + "; ".join(report.verdict.reasons[:3]),
@@ -277,13 +288,14 @@ def plan_prepare(report: FolderReport, *, inline: bool = False) -> Plan:
                 time = v.time_axis()
                 batch = v.encoder.inputs[0].axis("batch")
                 # Static evidence of baking is only evidence: before deciding, run the graph.
-                needs_probe = (time is not None and time.fixed) or (batch is not None and batch.fixed)
+                needs_probe = ((time is not None and time.fixed) or (batch is not None and batch.fixed)) and \
+                    not (window is not None and time is not None and time.fixed)
                 probe = v.probe
                 if needs_probe and probe is None:
                     probe = probe_encoder(m.graph, v.measured.get("feat_dim"))
                     if probe.time_baked is not None and time is not None:
                         time.baked = probe.time_baked
-                _plan_dims(fp, v, probe, blockers, warnings)
+                _plan_dims(fp, v, probe, blockers, warnings, window)
     files = list(plans.values())
     for fp in files:
         if fp.changed:
@@ -311,6 +323,8 @@ def _rewrite_graph(fp: FilePlan, out_dir: Path, progress: Progress | None, durab
             existing = model.metadata_props.add()
             existing.key = key
         existing.value = value
+    if fp.window is not None:
+        model = window_encoder(model, fp.window)
     if fp.freed:
         for vi in list(model.graph.input) + list(model.graph.output):
             for axis, name in fp.freed.get(vi.name, {}).items():
@@ -400,6 +414,11 @@ def _verify(plan: Plan, target: Path, mode: str, progress: Progress | None) -> l
         if progress:
             progress(f"verifying {fp.name}", 0, 1)
         big = fp.total_bytes > RUN_PROOF_LIMIT
+        if fp.window is not None:
+            w = fp.window.window
+            checks.append(window_proof(fp.graph, new_path, fp.window, [w, max(1, w // 3), 2 * w + 13, 3 * w + 5],
+                                       feat or fp.graph.inputs[0].fixed(1) or 80))
+            continue
         if fp.freed or mode == "full" or (mode == "auto" and not big):
             time_freed = any("time" in c.what for c in fp.changes if c.kind == "dims")
             batch_freed = any("batch" in c.what for c in fp.changes if c.kind == "dims")
@@ -420,8 +439,11 @@ def _verify(plan: Plan, target: Path, mode: str, progress: Progress | None) -> l
             continue
         enc = v.encoder.graph
         fixed_t = enc.inputs[0].fixed(2) if not any(
-            f.freed for f in plan.files if f.graph.path == enc.path) else None
+            f.freed or f.window for f in plan.files if f.graph.path == enc.path) else None
         samples = fixed_t * 160 - 80 if fixed_t else 16000
+        window = next((f.window for f in plan.files if f.graph.path == enc.path and f.window), None)
+        if window is not None:  # several windows' worth, so seams are crossed
+            samples = int(2.5 * window.window * 160)
         target = target.resolve()  # the child runs in `target`: relative paths would resolve twice
         files = {role: target / m.graph.path.name for role, m in v.models.items()}
         tokens = target / plan.report.layout.tokens.name
@@ -445,6 +467,9 @@ def prepare_folder(
     verify: str = "auto",
     progress: Progress | None = None,
     report: FolderReport | None = None,
+    window: bool = False,
+    hop: float | None = None,
+    context: float | None = None,
 ) -> PrepareResult:
     """Plan and apply the rewrite; see the module docstring. Raises SherpaFixedError on bad input."""
     if verify not in VERIFY_MODES:
@@ -461,7 +486,9 @@ def prepare_folder(
         sweep_stale(source)
     t0 = time.perf_counter()
     report = report or inspect_folder(source)
-    plan = plan_prepare(report, inline=inline)
+    if not window and (hop is not None or context is not None):
+        raise BadInputError("--hop and --context go with --window")
+    plan = plan_prepare(report, inline=inline, window={"hop": hop, "context": context} if window else None)
     seconds = {"plan": time.perf_counter() - t0}
     target = Path(output) if output is not None else source
     mode = "dry-run" if dry_run else ("in-place" if in_place else "output")

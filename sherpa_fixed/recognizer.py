@@ -51,11 +51,11 @@ from .layout import find_layout
 from .metadata import atoi
 from .onnx_graph import read_signature
 from .session_dir import session_model_dir, weights_folder
+from .windowing import WINDOW_MARKER
 
 DEFAULT_WINDOW_S = 30.0  # dynamic models: longer audio is windowed
 DEFAULT_OVERLAP_S = 2.0
 DEFAULT_BATCH = 8
-WINDOW_MARKER = "sherpa_fixed_window"
 
 Progress = Callable[[int, int], None]  # (samples decoded, samples accepted)
 
@@ -89,8 +89,10 @@ def chunking_for(encoder: str | os.PathLike, *, sample_rate: int = 16000, frame_
     hop = round(sample_rate * frame_shift_ms / 1000)
     sub = atoi(sig.metadata.get("subsampling_factor")) or 8
     grid = sub * hop
-    windowed = WINDOW_MARKER in sig.metadata  # made dynamic by prepare --window: windows itself
+    windowed = WINDOW_MARKER in sig.metadata  # made dynamic by prepare --window: it windows itself
     fixed = time_dim if isinstance(time_dim, int) and not windowed else None
+    if windowed:  # one window of any length: sherpa-onnx gets every stream whole
+        return Chunking(WindowSpec(1 << 62, 0, grid, False), None, DEFAULT_BATCH, sample_rate, hop)
     if fixed is not None:
         window = fixed * hop
         if window_seconds is not None and abs(window_seconds * sample_rate - window) > hop:

@@ -28,10 +28,15 @@ if TYPE_CHECKING:
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
 
-def session_options(threads: int = 1, quiet: bool = True):
+def session_options(threads: int = 1, quiet: bool = True, optimize: bool = True):
     import onnxruntime as ort  # imported when a session is needed: inspect and prepare rarely need one
 
     so = ort.SessionOptions()
+    if not optimize:
+        # Exact arithmetic comparisons: the optimiser fuses, and weight prepacking picks other GEMM
+        # kernels, differently inside Loop bodies (measured: 4e-6 apart with prepacking, 0 without).
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.add_session_config_entry("session.disable_prepacking", "1")
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     if quiet:
@@ -79,20 +84,23 @@ def session_from_model(
     *,
     providers: list[str] | None = None,
     threads: int = 1,
+    optimize: bool = True,
 ) -> onnxruntime.InferenceSession:
     """Create a session for an in-memory (possibly edited) graph whose weights live beside model_path."""
     import onnxruntime as ort
 
     relocated, folder = relocatable_copy(model, model_path)
-    so = session_options(threads)
+    so = session_options(threads, optimize=optimize)
     so.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(folder))
     return ort.InferenceSession(relocated.SerializeToString(), so, providers=providers or ["CPUExecutionProvider"])
 
 
-def session_from_path(path: str | os.PathLike, *, providers: list[str] | None = None, threads: int = 1):
+def session_from_path(path: str | os.PathLike, *, providers: list[str] | None = None, threads: int = 1,
+                      optimize: bool = True):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), session_options(threads), providers=providers or ["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads, optimize=optimize),
+                                providers=providers or ["CPUExecutionProvider"])
 
 
 def first_line(exc: BaseException) -> str:

@@ -177,8 +177,16 @@ def make_encoder(spec: ModelSpec, sink: WeightSink | None = None) -> onnx.ModelP
     x = b.op("Transpose", ["audio_signal"], "/pre_encode/Transpose", perm=[0, 2, 1])
     x = b.op("Unsqueeze", [x, b.const("/pre_encode/Constant", np.array([1], np.int64))], "/pre_encode/Unsqueeze")
     if spec.time == "baked":
-        # As in NeMo's static export: the padding mask is folded into a constant of the input length.
-        mask = b.const("/pre_encode/conv/Constant_1", np.ones((1, 1, spec.frames, 1), np.float32))
+        # As in NeMo's static export: the padding mask arange(T) < length is built from a constant of
+        # the fixed length, so other lengths fail to broadcast, and frames past `length` are zeroed.
+        frames = b.const("/pre_encode/conv/Constant_1", np.arange(spec.frames, dtype=np.int64))
+        mask = b.op("Less", [frames, b.op("Unsqueeze", ["length", b.const("/pre_encode/conv/Constant_3",
+                                                                             np.array([1], np.int64))],
+                                          "/pre_encode/conv/Unsqueeze")], "/pre_encode/conv/Less")
+        mask = b.op("Cast", [mask], "/pre_encode/conv/Cast", to=TensorProto.FLOAT)
+        mask = b.op("Reshape", [mask, b.const("/pre_encode/conv/Constant_2",
+                                              np.array([-1, 1, spec.frames, 1], np.int64))],
+                    "/pre_encode/conv/Reshape")
         x = b.op("Mul", [x, mask], "/pre_encode/conv/Mul_3")
     in_ch = 1
     for i, (group, k, stride) in enumerate([(1, 3, 2), (None, 3, 2), (1, 1, 1), (None, 3, 2), (1, 1, 1)]):
@@ -224,7 +232,7 @@ def make_encoder(spec: ModelSpec, sink: WeightSink | None = None) -> onnx.ModelP
         h = b.op("Relu", [h], f"{p}/activation/Relu")
         h = b.op("MatMul", [h, b.weight(f"layers.{layer}.ff.w2", (2 * spec.d_model, spec.d_model), 0.2)],
                  f"{p}/linear2/MatMul")
-        x = b.op("Add", [x, h], f"/layers.{layer}/Add")
+        x = _norm(b, b.op("Add", [x, h], f"/layers.{layer}/Add"), spec.d_model, f"/layers.{layer}/norm_out")
     b.nodes.append(helper.make_node("Transpose", [x], ["outputs"], name="/Transpose", perm=[0, 2, 1]))
 
     # encoded_lengths: NeMo's calc_length, three times floor((L + 2 - 3) / 2 + 1).
@@ -266,7 +274,16 @@ def _attention(b: _Builder, x: str, spec: ModelSpec, layer: int) -> str:
     ctx = b.op("Reshape", [ctx, b.const(f"{p}/Constant_2", np.array([0, 0, -1], np.int64))], f"{p}/Reshape")
     out = b.op("MatMul", [ctx, b.weight(f"layers.{layer}.self_attn.linear_out.weight", (d, d), 0.1)],
                f"{p}/linear_out/MatMul")
-    return b.op("Add", [x, out], f"/layers.{layer}/Add_attn")
+    return _norm(b, b.op("Add", [x, out], f"/layers.{layer}/Add_attn"), d, f"/layers.{layer}/norm_attn")
+
+
+def _norm(b: _Builder, x: str, d: int, name: str) -> str:
+    """LayerNorm over the model dimension, as after every Conformer sub-block: keeps deep random stacks finite."""
+    scale = f"{name}.weight"
+    bias = f"{name}.bias"
+    b.inits += [numpy_helper.from_array(np.ones(d, np.float32), scale),
+                numpy_helper.from_array(np.zeros(d, np.float32), bias)]
+    return b.op("LayerNormalization", [x, scale, bias], f"{name}/LayerNormalization", axis=-1, epsilon=1e-5)
 
 
 def make_decoder(spec: ModelSpec) -> onnx.ModelProto:
