@@ -17,6 +17,8 @@ from sherpa_fixed.sherpa_check import run_recognizer
 from sherpa_fixed.testing import ModelSpec
 from sherpa_fixed.validate import generated_audio, validate_folder
 
+from .conftest import OLD_SHERPA, REPO
+
 
 def run(*args):
     r = CliRunner().invoke(main, list(map(str, args)))
@@ -36,7 +38,8 @@ def test_wrong_feat_dim_fails_with_the_reason_and_passes_after_prepare(make_fold
     assert prepare_folder(folder, in_place=True).exit_code == 0
     code, out, _ = run("validate", folder)
     assert code == 0, out
-    assert "agree on all" in out and out.strip().endswith("decodes like the baseline")
+    assert ("agree on all" in out or "is the Python baseline's best choice" in out), out
+    assert out.strip().endswith("decodes like the baseline")
 
 
 @pytest.mark.parametrize("name", ["tdt-80", "rnnt-80", "tdt-128"])
@@ -95,12 +98,31 @@ def test_a_real_disagreement_is_reported_with_its_place(make_folder, tmp_path):
     assert error is None
     base = Baseline(folder / "encoder.onnx", folder / "decoder.onnx", folder / "joiner.onnx", folder / "tokens.txt")
     assert base.decode(samples, guide=result)["divergence"] is None
-    # Now say sherpa-onnx had emitted another token at position 40 than it did.
+    # Now say sherpa-onnx had emitted, at position 40, a token it never emits here.
     forged = dict(result, tokens=list(result["tokens"]))
-    forged["tokens"][40] = next(t for t in base.table.values() if t not in (forged["tokens"][40], "<blk>", "<unk>"))
+    forged["tokens"][40] = next(t for t in base.table.values() if t not in set(result["tokens"]) | {"<blk>", "<unk>"})
     div = base.decode(samples, guide=forged)["divergence"]
     assert div is not None and div["index"] == 40 and div["kind"] == "token"
     assert div["margin"] > TIE_TOLERANCE
+    # Or had stamped every token ten frames later than where it was emitted: beyond FRAME_SLACK.
+    moved = dict(result, timestamps=[t + 10 * 0.08 for t in result["timestamps"]])
+    assert base.decode(samples, guide=moved)["divergence"] is not None
+
+
+@pytest.mark.parametrize("tdt", [True, False], ids=["tdt", "rnnt"])
+def test_baseline_follows_sherpa_1x_greedy_rules_exactly(make_folder, old_sherpa_python, tmp_path, monkeypatch, tdt):
+    """sherpa-onnx 1.12.35's greedy search is the one whose source the baseline follows: exact, no slack."""
+    folder = make_folder(tdt=tdt)
+    samples = generated_audio()
+    path = tmp_path / "a.npy"
+    np.save(path, samples)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    files = [folder / f for f in ("encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt")]
+    result, error = run_recognizer(*files, path, python=old_sherpa_python)
+    assert error is None and result["version"] == OLD_SHERPA
+    out = Baseline(*files).decode(samples, guide=result)
+    assert out["agreement"] == ["exact"] and not out["ties"] and not out["shifted"]
+    assert out["tokens"] == result["tokens"] and len(result["tokens"]) > 100
 
 
 def test_json_report(make_folder):
