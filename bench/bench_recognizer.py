@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import OUT, measure_python
+from common import OUT, measure_python, timed_decode
 
 SPEED_SPEC = dict(d_model=512, layers=12, attention_heads=8, conv_channels=16, vocab_size=1024, pred_hidden=64,
                   joint_hidden=64, blank_bias=3.0, external="single")
@@ -66,14 +65,11 @@ def speed() -> None:
         windows, decoded = 1, seconds
         for _ in range(runs):
             for name, rec in (("plain", plain), ("ours", ours)):
-                t = time.perf_counter()
-                s = rec.create_stream()
-                s.accept_waveform(16000, audio)
-                rec.decode_stream(s)
-                times[name].append(time.perf_counter() - t)
+                seconds_taken, result = timed_decode(rec, audio)
+                times[name].append(seconds_taken)
                 if name == "ours":
-                    windows = getattr(s.result, "windows", 1)
-                    decoded = getattr(s.result, "decoded_seconds", seconds)
+                    windows = getattr(result, "windows", 1)
+                    decoded = getattr(result, "decoded_seconds", seconds)
         p, o = statistics.median(times["plain"]), statistics.median(times["ours"])
         note = ("delegated: plain sherpa-onnx's own result" if windows == 1 else
                 f"windowed: the encoder sees {decoded:g} s for {seconds} s of audio "

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import OUT
+from common import OUT, timed_decode
 
 HEAVY = dict(d_model=512, layers=12, attention_heads=8, conv_channels=16, vocab_size=1024, pred_hidden=64,
              joint_hidden=64, blank_bias=3.0, time="baked", batch="baked", frames=800, external="single")
@@ -106,12 +106,9 @@ def whole_decode(base: Path, win: Path, seconds: int = 120) -> dict:
     results, times = {}, {"graph": [], "chunker": []}
     for _ in range(3):
         for name, rec in (("graph", plain), ("chunker", chunker)):
-            t = time.perf_counter()
-            s = rec.create_stream()
-            s.accept_waveform(16000, audio)
-            rec.decode_stream(s)
-            times[name].append(time.perf_counter() - t)
-            results[name] = list(s.result.tokens)
+            seconds_taken, result = timed_decode(rec, audio)
+            times[name].append(seconds_taken)
+            results[name] = list(result.tokens)
     sm = difflib.SequenceMatcher(a=results["graph"], b=results["chunker"], autojunk=False)
     same = sum(b.size for b in sm.get_matching_blocks())
     return {"graph_rtf": statistics.median(times["graph"]) / seconds,

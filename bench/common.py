@@ -129,3 +129,14 @@ def big_folder(name: str, *, layers: int, d_model: int = 1024, pos_emb_max_len: 
 
 def gib(n: int) -> str:
     return f"{n / (1 << 30):.2f} GiB"
+
+
+def timed_decode(recognizer, audio, sample_rate: int = 16000):
+    """One decode of a whole array through a sherpa-onnx-style recognizer: (seconds, result)."""
+    import time
+
+    t = time.perf_counter()
+    s = recognizer.create_stream()
+    s.accept_waveform(sample_rate, audio)
+    recognizer.decode_stream(s)
+    return time.perf_counter() - t, s.result
