@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunker import merge, plan_windows, seam, window_samples, window_tokens
+from .chunker import Stitcher, merge, plan_windows, window_samples, window_tokens
 from .features import nemo_features
 from .metadata import atoi
 from .onnx_graph import read_signature
@@ -295,7 +295,7 @@ class Baseline:
                     "shifted": r.shifted, "divergence": r.divergence, "agreement": [how]}
         plan = plan_windows(n, c.spec)
         raw = (guide or {}).get("window_results")
-        pieces, pending, pending_from, prev, agreement = [], None, 0, None, []
+        stitcher, agreement = Stitcher(c.spec), []
         for w in plan:
             feed = window_samples(samples[w.start:w.end], w, rng_seed=w.index)
             wguide = raw[w.index] if raw and w.index < len(raw) else None
@@ -308,17 +308,8 @@ class Baseline:
             shifted += [dict(t, window=w.index) for t in wr.shifted]
             if wr.divergence and divergence is None:
                 divergence = dict(wr.divergence, window=w.index, window_start_s=w.start / c.sample_rate)
-            toks = window_tokens(wr, w, c.spec, c.sample_rate, n)
-            if pending is None:
-                pending, pending_from = toks, 0
-            else:
-                keep, first = seam(pending, toks, w.keep_from, w.start, prev.end, c.spec.grid,
-                                   max(c.spec.grid, c.spec.overlap // 4))
-                pieces.append(pending[pending_from:max(keep, pending_from)])
-                pending, pending_from = toks, first
-            prev = w
-        pieces.append(pending[pending_from:])
-        m = merge(pieces, len(plan))
+            stitcher.add(w, window_tokens(wr, w, c.spec, c.sample_rate, n))
+        m = merge(stitcher.finish(), len(plan))
         return {"tokens": m.tokens, "timestamps": m.timestamps, "windows": m.windows, "ties": ties,
                 "shifted": shifted,
                 "divergence": divergence, "agreement": agreement}

@@ -218,6 +218,34 @@ def seam(a: list[Token], b: list[Token], split: int, b_start: int, a_end: int, g
     return keep_a, first_b
 
 
+class Stitcher:
+    """Joins windows' tokens as the windows arrive in order, settling each seam once the window
+    after it is known; the recognizer and the validation baseline stitch through this one rule."""
+
+    def __init__(self, spec: WindowSpec):
+        self.spec = spec
+        self.pieces: list[list[Token]] = []
+        self._pending: list[Token] | None = None  # the last window's tokens, right seam unsettled
+        self._pending_from = 0
+        self._pending_win: Window | None = None
+
+    def add(self, win: Window, tokens: list[Token]) -> None:
+        first = 0
+        if self._pending is not None:
+            grid = self.spec.grid
+            keep, first = seam(self._pending, tokens, win.keep_from, win.start, self._pending_win.end, grid,
+                               max(grid, self.spec.overlap // 4))
+            self.pieces.append(self._pending[self._pending_from:max(keep, self._pending_from)])
+        self._pending, self._pending_from, self._pending_win = tokens, first, win
+
+    def finish(self) -> list[list[Token]]:
+        """After the last window: its tokens from its seam on are final."""
+        if self._pending is not None:
+            self.pieces.append(self._pending[self._pending_from:])
+            self._pending = None
+        return self.pieces
+
+
 def merge(pieces: list[list[Token]], windows: int, decoded_seconds: float = 0.0,
           window_results: list[dict] | None = None) -> MergedResult:
     r = MergedResult(windows=windows, decoded_seconds=decoded_seconds, window_results=window_results or [])

@@ -36,13 +36,12 @@ import sherpa_onnx
 from .audio import Resampler
 from .chunker import (
     MergedResult,
-    Token,
+    Stitcher,
     Window,
     WindowSpec,
     merge,
     plan_windows,
     regular_keep_to,
-    seam,
     window_samples,
     window_tokens,
 )
@@ -224,8 +223,7 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
             s._finish()
         self._decode_pending(chunked)
         for s in chunked:
-            s._settle()
-            s._result = merge(s._pieces, s._windows_done, s._decoded / self._chunking.sample_rate,
+            s._result = merge(s._stitcher.finish(), s._windows_done, s._decoded / self._chunking.sample_rate,
                               s._window_results)
 
     def _decode_pending(self, streams: list[OfflineStream]) -> None:
@@ -267,10 +265,7 @@ class OfflineStream:
         self._next_start = 0  # start of the next window to decode
         self._next_index = 0
         self._keep_from = 0
-        self._pieces: list[list[Token]] = []
-        self._pending: list[Token] | None = None  # the last decoded window's tokens, right seam unsettled
-        self._pending_from = 0
-        self._pending_win: Window | None = None
+        self._stitcher = Stitcher(self._c.spec)
         self._windows_done = 0
         self._decoded = 0
         self._window_results: list[dict] = []
@@ -404,22 +399,9 @@ class OfflineStream:
         self._window_results.append({"start": win.start, "tokens": list(raw_result.tokens),
                                      "timestamps": list(raw_result.timestamps),
                                      "durations": list(getattr(raw_result, "durations", []) or [])})
-        tokens = window_tokens(raw_result, win, c.spec, c.sample_rate, self._n if self._finished else None)
-        if self._pending is None:
-            self._pending, self._pending_from = tokens, 0
-        else:
-            prev_win = self._pending_win
-            keep, first = seam(self._pending, tokens, win.keep_from, win.start, prev_win.end, c.spec.grid,
-                               max(c.spec.grid, c.spec.overlap // 4))
-            self._pieces.append(self._pending[self._pending_from:max(keep, self._pending_from)])
-            self._pending, self._pending_from = tokens, first
-        self._pending_win = win
+        self._stitcher.add(win, window_tokens(raw_result, win, c.spec, c.sample_rate,
+                                              self._n if self._finished else None))
         self._windows_done += 1
         if self.on_progress:
             self.on_progress(min(win.keep_to, self._n), self._n)
 
-    def _settle(self) -> None:
-        """After the last window: its tokens from its seam on are final."""
-        if self._pending is not None:
-            self._pieces.append(self._pending[self._pending_from:])
-            self._pending = None
