@@ -218,7 +218,7 @@ def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, prov
     Exit code: 0 all files transcribed, 1 some failed, 2 the model cannot be used.
     """
     from .recognizer import OfflineRecognizer
-    from .transcribe import to_srt, transcribe_file
+    from .transcribe import to_srt, transcribe_file, transcript_document
 
     if as_json and srt:
         raise click.UsageError("choose one of --json and --srt")
@@ -250,13 +250,11 @@ def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, prov
         else:
             click.echo(f"{path}: {r.text}" if len(audio) > 1 else r.text)
     if as_json:
-        doc = {"schema": "sherpa-fixed/transcribe", "schema_version": 1, "model": str(model_dir),
-               "files": [r.to_json() for r in results]}
         if out_dir:
             for r in results:
                 (out_dir / (Path(r.path).stem + ".json")).write_text(json.dumps(r.to_json(), indent=2) + "\n")
         else:
-            emit_json(doc)
+            emit_json(transcript_document(model_dir, results))
     sys.exit(0 if all(r.ok for r in results) else 1)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,11 +65,10 @@ def transcribe_file(recognizer, path: str | Path,
                       audio.channels)
 
 
-def transcribe_files(recognizer, paths: list[str | Path],
-                     progress_for: Callable[[str, float], Callable[[int, int], None] | None] | None = None
-                     ) -> Iterator[FileResult]:
-    for p in paths:
-        yield transcribe_file(recognizer, p, progress_for(str(p), 0.0) if progress_for else None)
+def transcript_document(model: str | Path, results: list[FileResult]) -> dict:
+    """The `transcribe --json` object: one entry per file, failed ones with their error."""
+    return {"schema": "sherpa-fixed/transcribe", "schema_version": 1, "model": str(model),
+            "files": [r.to_json() for r in results]}
 
 
 # ----------------------------------------------------------------------------- subtitles
