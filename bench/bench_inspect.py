@@ -27,7 +27,7 @@ def main() -> None:
 
     parse = measure_python(f"import onnx; onnx.load({str(enc)!r}, load_external_data=False)")
     inspect = measure_python(
-        "from sherpa_fixed.inspector import inspect_folder\n"
+        "from sherpa_fixed.reading.inspector import inspect_folder\n"
         f"r = inspect_folder({str(folder)!r})\nassert r.verdict.code == 'works', r.verdict"
     )
     read_all = measure_python(

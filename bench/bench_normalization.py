@@ -40,7 +40,7 @@ VOICES = ["en", "en-us", "en-gb", "en+f3", "en+m3"]
 
 
 def speech(minutes: float, seed: int = 0) -> np.ndarray:
-    from sherpa_fixed.audio import read_wav, resample
+    from sherpa_fixed.decoding.audio import read_wav, resample
 
     rng = np.random.default_rng(seed)
     parts, total = [], 0
@@ -61,8 +61,8 @@ def speech(minutes: float, seed: int = 0) -> np.ndarray:
 
 
 def compare(audio: np.ndarray, window_s: float, fixed: bool, feat_dim: int = 80) -> dict:
-    from sherpa_fixed.chunker import WindowSpec, plan_windows, window_samples
-    from sherpa_fixed.features import log_mel, normalize_per_feature
+    from sherpa_fixed.decoding.chunker import WindowSpec, plan_windows, window_samples
+    from sherpa_fixed.decoding.features import log_mel, normalize_per_feature
 
     whole = normalize_per_feature(log_mel(audio, feat_dim))
     spec = WindowSpec(int(window_s * 16000), 2 * 16000, 1280, fixed)

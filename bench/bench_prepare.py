@@ -30,7 +30,7 @@ def make_scattered(single: Path) -> Path:
     """The same model with one weights file per tensor (no bytes held in memory)."""
     import onnx
 
-    from sherpa_fixed.weights import copy_range, safe_file_name, set_external
+    from sherpa_fixed.rewriting.weights import copy_range, safe_file_name, set_external
 
     folder = OUT / "big-2gib-scattered"
     if (folder / ".complete").exists():

@@ -4,7 +4,7 @@
 
 1. Encoder cost per second of audio: the windowed encoder (one ONNX Loop
    over windows) against the same fixed-T encoder run on the same windows
-   by hand from Python (sherpa_fixed.windowing.run_by_hand: the same
+   by hand from Python (sherpa_fixed.rewriting.windowing.run_by_hand: the same
    placement and keep rules), same onnxruntime, same threads, alternating,
    median of the runs. Two encoders: the genuine static-shape NeMo export
    in tests/data (tiny), and a NeMo-shaped static encoder with full
@@ -37,7 +37,7 @@ HEAVY = dict(d_model=512, layers=12, attention_heads=8, conv_channels=16, vocab_
 
 def folders() -> dict[str, tuple[Path, Path]]:
     """name -> (unwindowed folder with fixed metadata, windowed folder)."""
-    from sherpa_fixed.prepare import prepare_folder
+    from sherpa_fixed.rewriting.prepare import prepare_folder
     from sherpa_fixed.testing import ModelSpec, write_model_folder
 
     out = {}
@@ -66,7 +66,7 @@ def encoder_cost(base: Path, win: Path, seconds: int = 60, runs: int = 5) -> dic
     import onnx
     import onnxruntime as ort
 
-    from sherpa_fixed.windowing import WINDOW_MARKER, WindowParams, run_by_hand
+    from sherpa_fixed.rewriting.windowing import WINDOW_MARKER, WindowParams, run_by_hand
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2

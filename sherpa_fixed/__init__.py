@@ -9,11 +9,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .decoding.recognizer import OfflineRecognizer, OfflineStream
+from .decoding.session_dir import session_model_dir
 from .errors import BadInputError, NeedsFixError, SherpaFixedError
-from .inspector import FolderReport, inspect_folder
-from .prepare import PrepareResult, prepare_folder
-from .recognizer import OfflineRecognizer, OfflineStream
-from .session_dir import session_model_dir
+from .reading.inspector import FolderReport, inspect_folder
+from .rewriting.prepare import PrepareResult, prepare_folder
 
 __all__ = [
     "BadInputError",

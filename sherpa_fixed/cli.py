@@ -104,7 +104,7 @@ def inspect_cmd(paths, encoder, decoder, joiner, tokens, variants, probe, as_jso
 
     Exit code: 0 works as is, 1 needs fixing, 2 unusable input.
     """
-    from .inspector import inspect_folder
+    from .reading.inspector import inspect_folder
     from .render import render_report
 
     report = inspect_folder(list(paths), probe=probe, encoder=encoder, decoder=decoder, joiner=joiner,
@@ -177,8 +177,8 @@ def prepare_cmd(model_dir, output, in_place, dry_run, inline, force, verify, win
 
     Exit code: 0 done or nothing to do, 1 could not fully fix (reason given), 2 bad input.
     """
-    from .prepare import prepare_folder
     from .render import render_prepare
+    from .rewriting.prepare import prepare_folder
 
     bar = _Bar(enabled=not as_json)
     try:
@@ -217,8 +217,8 @@ def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, prov
 
     Exit code: 0 all files transcribed, 1 some failed, 2 the model cannot be used.
     """
-    from .recognizer import OfflineRecognizer
-    from .transcribe import to_srt, transcribe_file, transcript_document
+    from .decoding.recognizer import OfflineRecognizer
+    from .decoding.transcribe import to_srt, transcribe_file, transcript_document
 
     if as_json and srt:
         raise click.UsageError("choose one of --json and --srt")
@@ -306,7 +306,7 @@ def validate_cmd(model_dir, reference, audio, provider, variants, num_threads, a
 
     Exit code: 0 valid and both decodes agree, 1 otherwise, 2 unusable input.
     """
-    from .validate import render_validation, validate_folder
+    from .checking.validate import render_validation, validate_folder
 
     report = validate_folder(model_dir, reference=reference, audio=audio, provider=provider,
                              variants=list(variants) or None, threads=num_threads)

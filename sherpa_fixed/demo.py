@@ -13,10 +13,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from .inspector import inspect_folder
-from .prepare import prepare_folder
+from .decoding.sherpa_check import run_sherpa
+from .reading.inspector import inspect_folder
 from .render import render_prepare, render_report
-from .sherpa_check import run_sherpa
+from .rewriting.prepare import prepare_folder
 from .testing import ModelSpec, write_model_folder
 
 DEMO_SPEC = ModelSpec(feat_dim=80, tdt=True, metadata="missing", external="scattered")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .axes import Port
-from .findings import CANNOT_WORK, NEEDS_PREPARE, NEEDS_WINDOW, WORKS
-from .inspector import FolderReport, VariantReport
-from .prepare import PrepareResult
+from .reading.axes import Port
+from .reading.findings import CANNOT_WORK, NEEDS_PREPARE, NEEDS_WINDOW, WORKS
+from .reading.inspector import FolderReport, VariantReport
+from .rewriting.prepare import PrepareResult
 
 MARK = {"error": "✗", "warning": "!", "info": "·"}
 NEXT_STEP = {

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .weights import ONNX_THRESHOLD, aligned, externalize_inline, safe_file_name, set_external
+from .rewriting.weights import ONNX_THRESHOLD, aligned, externalize_inline, safe_file_name, set_external
 
 OPSET = 17
 

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from sherpa_fixed.audio import Resampler, check_audible, read_wav, resample, write_wav
+from sherpa_fixed.decoding.audio import Resampler, check_audible, read_wav, resample, write_wav
 from sherpa_fixed.errors import BadInputError
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sherpa_fixed.audio import resample, write_wav
 from sherpa_fixed.cli import main
+from sherpa_fixed.decoding.audio import resample, write_wav
 from sherpa_fixed.oracle import OracleSpec, expected_text, oracle_audio, random_tokens, write_oracle_folder
 
 

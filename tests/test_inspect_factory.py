@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
+from sherpa_fixed.decoding.sherpa_check import run_sherpa
 from sherpa_fixed.errors import BadInputError
-from sherpa_fixed.findings import CANNOT_WORK, NEEDS_PREPARE, NEEDS_WINDOW, WORKS
-from sherpa_fixed.inspector import inspect_folder
-from sherpa_fixed.sherpa_check import run_sherpa
+from sherpa_fixed.reading.findings import CANNOT_WORK, NEEDS_PREPARE, NEEDS_WINDOW, WORKS
+from sherpa_fixed.reading.inspector import inspect_folder
 from sherpa_fixed.testing import ModelSpec
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sherpa_fixed.findings import NEEDS_PREPARE, NEEDS_WINDOW
-from sherpa_fixed.inspector import inspect_folder
-from sherpa_fixed.sherpa_check import run_sherpa
+from sherpa_fixed.decoding.sherpa_check import run_sherpa
+from sherpa_fixed.reading.findings import NEEDS_PREPARE, NEEDS_WINDOW
+from sherpa_fixed.reading.inspector import inspect_folder
 
 from .conftest import NEMO_DIR, NEMO_VARIANTS
 
@@ -87,7 +87,7 @@ def test_positional_encoding_limit_is_found_and_true(nemo_copy):
     assert limit == truth["pos_emb_max_len"]
     import numpy as np
 
-    from sherpa_fixed.runtime import session_from_path
+    from sherpa_fixed.decoding.runtime import session_from_path
 
     sess = session_from_path(folder / "encoder.onnx")
     frames = (limit + 8) * 8

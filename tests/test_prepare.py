@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from sherpa_fixed.cli import main
+from sherpa_fixed.decoding.sherpa_check import run_sherpa
 from sherpa_fixed.errors import BadInputError, NeedsFixError
-from sherpa_fixed.inspector import inspect_folder
-from sherpa_fixed.metadata import PREPARED_BY_KEY
-from sherpa_fixed.prepare import prepare_folder
-from sherpa_fixed.sherpa_check import run_sherpa
+from sherpa_fixed.reading.inspector import inspect_folder
+from sherpa_fixed.reading.metadata import PREPARED_BY_KEY
+from sherpa_fixed.rewriting.prepare import prepare_folder
 from sherpa_fixed.testing import ModelSpec, write_big_model_folder
 
 from .conftest import NEMO_VARIANTS
@@ -347,7 +347,7 @@ def test_prepared_external_weights_load_in_old_and_new_sherpa_via_session_dir(ma
     # ...which session_model_dir() sets, under its lock, just for the session creation.
     code = r"""
 import sys, os, numpy as np, sherpa_onnx
-from sherpa_fixed.session_dir import session_model_dir
+from sherpa_fixed.decoding.session_dir import session_model_dir
 d = sys.argv[1]
 with session_model_dir(d):
     r = sherpa_onnx.OfflineRecognizer.from_transducer(encoder=d + "/encoder.onnx", decoder=d + "/decoder.onnx",

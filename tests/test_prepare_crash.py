@@ -11,9 +11,9 @@ import time
 import onnxruntime as ort
 import pytest
 
-from sherpa_fixed.findings import CANNOT_WORK
-from sherpa_fixed.inspector import inspect_folder
-from sherpa_fixed.prepare import prepare_folder
+from sherpa_fixed.reading.findings import CANNOT_WORK
+from sherpa_fixed.reading.inspector import inspect_folder
+from sherpa_fixed.rewriting.prepare import prepare_folder
 from sherpa_fixed.testing import ModelSpec, write_big_model_folder
 
 SPEC = ModelSpec(d_model=512, layers=12, metadata="missing")  # ~50 MB of weights, scattered below
@@ -25,7 +25,7 @@ def scattered(folder):
     """Re-save the encoder with one file per tensor, as torch.onnx writes models over 2 GiB."""
     import onnx
 
-    from sherpa_fixed.weights import externalize_inline, inline_external, safe_file_name
+    from sherpa_fixed.rewriting.weights import externalize_inline, inline_external, safe_file_name
 
     model = onnx.load(str(folder / "encoder.onnx"), load_external_data=False)
     inline_external(model, folder / "encoder.onnx")

@@ -10,10 +10,10 @@ import pytest
 import sherpa_onnx
 
 from sherpa_fixed import OfflineRecognizer
-from sherpa_fixed.audio import resample
+from sherpa_fixed.decoding.audio import resample
 from sherpa_fixed.errors import BadInputError
 from sherpa_fixed.oracle import OracleSpec, expected_text, oracle_audio, random_tokens, write_oracle_folder
-from sherpa_fixed.prepare import prepare_folder
+from sherpa_fixed.rewriting.prepare import prepare_folder
 
 
 def files(d, suffix=""):
@@ -49,7 +49,7 @@ def test_oracle_full_context_decode_is_the_known_sequence(oracle):
 
 def test_oracle_fixed_window_refuses_other_lengths_in_plain_sherpa(oracle):
     _, fixed = oracle
-    from sherpa_fixed.sherpa_check import run_sherpa
+    from sherpa_fixed.decoding.sherpa_check import run_sherpa
 
     run = run_sherpa(*(files(fixed)[k] for k in ("encoder", "decoder", "joiner", "tokens")), samples=[16000 * 7])
     assert not run.ok and "Expected: 400" in run.stderr
@@ -89,7 +89,7 @@ def test_audio_shorter_than_one_window_is_padded_and_padding_yields_nothing(orac
 
 
 def test_final_window_slides_back_over_real_audio(oracle):
-    from sherpa_fixed.chunker import plan_windows
+    from sherpa_fixed.decoding.chunker import plan_windows
 
     _, fixed = oracle
     rec = OfflineRecognizer.from_transducer(**files(fixed), overlap_seconds=1.0)
@@ -217,7 +217,7 @@ def test_dynamic_nemo_export_beyond_its_positional_limit_works_windowed(nemo_cop
     src, _truth = nemo_copy("tdt-80")  # pos_emb_max_len 1000: plain sherpa-onnx fails past ~80 s
     folder = tmp_path / "prepared"
     prepare_folder(src, output=folder)
-    from sherpa_fixed.sherpa_check import run_sherpa
+    from sherpa_fixed.decoding.sherpa_check import run_sherpa
 
     assert not run_sherpa(*(files(folder)[k] for k in ("encoder", "decoder", "joiner", "tokens")),
                           samples=[16000 * 90]).ok
@@ -277,7 +277,7 @@ from importlib.metadata import version; print(version("sherpa-onnx"), len(s.resu
 
 
 def test_seam_rule_pairs_jittered_tokens():
-    from sherpa_fixed.chunker import Token, seam
+    from sherpa_fixed.decoding.chunker import Token, seam
 
     g = 1280
     a = [Token(t, s, s / 16000) for t, s in ((" a", 10 * g), ("b", 20 * g), (" c", 30 * g))]
@@ -292,7 +292,7 @@ def test_seam_rule_pairs_jittered_tokens():
 
 
 def test_chunker_plans_cover_everything_once():
-    from sherpa_fixed.chunker import WindowSpec, plan_windows
+    from sherpa_fixed.decoding.chunker import WindowSpec, plan_windows
 
     for fixed, window, overlap in itertools.product((True, False), (64000, 128000), (0, 16 * 1280)):
         spec = WindowSpec(window, overlap, 1280, fixed)

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sherpa_fixed.audio import resample, write_wav
-from sherpa_fixed.baseline import TIE_TOLERANCE, Baseline
+from sherpa_fixed.checking.baseline import TIE_TOLERANCE, Baseline
+from sherpa_fixed.checking.reference import BREAKING, EXPECTED, FIXABLE, compare_folder, load_reference
+from sherpa_fixed.checking.validate import generated_audio, validate_folder
 from sherpa_fixed.cli import main
-from sherpa_fixed.prepare import prepare_folder
-from sherpa_fixed.reference import BREAKING, EXPECTED, FIXABLE, compare_folder, load_reference
-from sherpa_fixed.sherpa_check import run_recognizer
+from sherpa_fixed.decoding.audio import resample, write_wav
+from sherpa_fixed.decoding.sherpa_check import run_recognizer
+from sherpa_fixed.rewriting.prepare import prepare_folder
 from sherpa_fixed.testing import ModelSpec
-from sherpa_fixed.validate import generated_audio, validate_folder
 
 from .conftest import OLD_SHERPA, REPO
 
@@ -142,7 +142,7 @@ def test_bad_input(tmp_path, make_folder):
 
 
 def test_reference_classifies_differences(make_folder):
-    from sherpa_fixed.inspector import inspect_folder
+    from sherpa_fixed.reading.inspector import inspect_folder
 
     ref = load_reference("parakeet-tdt-0.6b")
     assert ref["models"]["encoder"]["inputs"][0]["dims"][1] == 128

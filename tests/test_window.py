@@ -17,13 +17,13 @@ import pytest
 import sherpa_onnx
 
 from sherpa_fixed import OfflineRecognizer
-from sherpa_fixed.audio import write_wav
+from sherpa_fixed.decoding.audio import write_wav
+from sherpa_fixed.decoding.sherpa_check import run_sherpa
 from sherpa_fixed.errors import BadInputError
-from sherpa_fixed.inspector import inspect_folder
 from sherpa_fixed.oracle import OracleSpec, expected_text, oracle_audio, random_tokens, write_oracle_folder
-from sherpa_fixed.prepare import prepare_folder
-from sherpa_fixed.sherpa_check import run_sherpa
-from sherpa_fixed.windowing import run_by_hand, window_params
+from sherpa_fixed.reading.inspector import inspect_folder
+from sherpa_fixed.rewriting.prepare import prepare_folder
+from sherpa_fixed.rewriting.windowing import run_by_hand, window_params
 
 from .conftest import run_python
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .external_data import resolve_location
-from .onnx_graph import GraphFile, TensorSpec, external_info, graph_tensors, uses_external_data
-from .runtime import first_line, session_from_model, session_from_path
+from ..decoding.runtime import first_line, session_from_model, session_from_path
+from ..reading.external_data import resolve_location
+from ..reading.onnx_graph import GraphFile, TensorSpec, external_info, graph_tensors, uses_external_data
 
 CHUNK = 8 << 20
 
@@ -211,7 +211,7 @@ def _nbytes(t: onnx.TensorProto) -> int:
         info = external_info(t)
         if "length" in info:
             return int(info["length"])
-        from .onnx_graph import tensor_nbytes
+        from ..reading.onnx_graph import tensor_nbytes
 
         return tensor_nbytes(t) or 0
     return len(t.raw_data)

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import SherpaFixedError
 from .audio import check_audible, read_wav
-from .errors import SherpaFixedError
 
 FRAME_S = 0.08  # a token's span when the model gives no duration (one encoder output frame)
 

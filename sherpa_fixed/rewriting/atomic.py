@@ -15,7 +15,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 PREFIX = ".sf-"
 

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from .errors import BadInputError
-from .external_data import resolve_location
-from .onnx_graph import external_info, graph_tensors, uses_external_data
+from ..errors import BadInputError
+from ..reading.external_data import resolve_location
+from ..reading.onnx_graph import external_info, graph_tensors, uses_external_data
 
 if TYPE_CHECKING:
     import onnxruntime

@@ -23,7 +23,15 @@ from pathlib import Path
 
 import onnx
 
-from . import __version__
+from .. import __version__
+from ..decoding.sherpa_check import run_sherpa
+from ..errors import EXIT_NEEDS_FIX, EXIT_OK, BadInputError, NeedsFixError
+from ..reading.external_data import ExternalAudit, is_absolute_location, resolve_location
+from ..reading.findings import CANNOT_WORK
+from ..reading.inspector import FolderReport, VariantReport, inspect_folder
+from ..reading.metadata import PREPARED_BY_KEY
+from ..reading.onnx_graph import GraphFile, initializer_tensors, load_graph, uses_external_data
+from ..reading.probe import EncoderProbe, probe_encoder
 from .atomic import (
     PREFIX,
     check_free_space,
@@ -35,14 +43,6 @@ from .atomic import (
     temp_path,
     write_temp,
 )
-from .errors import EXIT_NEEDS_FIX, EXIT_OK, BadInputError, NeedsFixError
-from .external_data import ExternalAudit, is_absolute_location, resolve_location
-from .findings import CANNOT_WORK
-from .inspector import FolderReport, VariantReport, inspect_folder
-from .metadata import PREPARED_BY_KEY
-from .onnx_graph import GraphFile, initializer_tensors, load_graph, uses_external_data
-from .probe import EncoderProbe, probe_encoder
-from .sherpa_check import run_sherpa
 from .verify import Check, byte_proof, run_proof, window_proof
 from .weights import ONNX_THRESHOLD, WeightMove, plan_moves, set_inline, write_weights_file
 from .windowing import WindowParams, window_encoder, window_params

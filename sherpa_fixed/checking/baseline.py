@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunker import Stitcher, merge, plan_windows, window_samples, window_tokens
-from .features import nemo_features
-from .metadata import atoi
-from .onnx_graph import read_signature
-from .recognizer import chunking_for
-from .runtime import providers_for, session_from_path
-from .tokens import read_tokens
+from ..decoding.chunker import Stitcher, merge, plan_windows, window_samples, window_tokens
+from ..decoding.features import nemo_features
+from ..decoding.recognizer import chunking_for
+from ..decoding.runtime import providers_for, session_from_path
+from ..reading.metadata import atoi
+from ..reading.onnx_graph import read_signature
+from ..reading.tokens import read_tokens
 
 MAX_SYMBOLS_PER_FRAME = 10  # RNNT, as sherpa-onnx
 MAX_TOKENS_PER_FRAME = 5  # TDT, as sherpa-onnx

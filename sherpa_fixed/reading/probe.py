@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from ..decoding.runtime import first_line, session_from_model
 from .onnx_graph import GraphFile, TensorSpec
-from .runtime import first_line, session_from_model
 
 
 @dataclass

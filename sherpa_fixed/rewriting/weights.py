@@ -20,9 +20,9 @@ from typing import BinaryIO
 
 from onnx import ModelProto, TensorProto
 
-from .errors import BadInputError
-from .external_data import resolve_location
-from .onnx_graph import external_info, graph_tensors, initializer_tensors, tensor_nbytes, uses_external_data
+from ..errors import BadInputError
+from ..reading.external_data import resolve_location
+from ..reading.onnx_graph import external_info, graph_tensors, initializer_tensors, tensor_nbytes, uses_external_data
 
 CHUNK = 8 << 20  # bytes per read/write when the kernel cannot copy for us
 ALIGN_SMALL = 64

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
+from ..errors import BadInputError
+from ..rewriting.windowing import WINDOW_MARKER
 from .axes import Port, baking_evidence, ports_for
-from .errors import BadInputError
 from .external_data import ExternalAudit, audit_external_data, mark_shared
 from .findings import Finding, Verdict, verdict_of, worst
 from .layout import FolderLayout, ModelSet, classify_graph, find_layout
@@ -29,7 +30,6 @@ from .onnx_graph import GraphFile
 from .probe import EncoderProbe, probe_encoder
 from .recipes import Recipe, find_recipe
 from .tokens import Tokens, read_tokens
-from .windowing import WINDOW_MARKER
 
 SCHEMA = "sherpa-fixed/inspect"
 SCHEMA_VERSION = 1

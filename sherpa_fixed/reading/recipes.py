@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 MATCH_KEYS = (
     "feat_dim",
@@ -53,7 +53,7 @@ RECIPES_ENV = "SHERPA_FIXED_RECIPES"
 
 def recipe_dirs() -> list[Path]:
     """Folders searched for recipes: $SHERPA_FIXED_RECIPES (os.pathsep-separated) first, then ours."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     extra = [Path(p) for p in os.environ.get(RECIPES_ENV, "").split(os.pathsep) if p]
     return [p for p in (*extra, here / "_data" / "patches", here.parent / "patches") if p.is_dir()]
 

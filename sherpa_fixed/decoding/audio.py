@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 PCM, IEEE_FLOAT, EXTENSIBLE = 1, 3, 0xFFFE
 SILENCE_PEAK = 1e-5  # below this everything is numerically silent (under -100 dBFS)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 
 def fbank_options(feat_dim: int, sample_rate: int = 16000):

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 _LOCK = threading.RLock()
 
@@ -48,8 +48,8 @@ def weights_folder(*model_paths: str | os.PathLike) -> Path | None:
     Paths must be absolute before the working directory changes; callers pass
     absolute paths to sherpa-onnx inside the context.
     """
-    from .external_data import external_refs
-    from .onnx_graph import load_graph
+    from ..reading.external_data import external_refs
+    from ..reading.onnx_graph import load_graph
 
     folders = set()
     for p in model_paths:

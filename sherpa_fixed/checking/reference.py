@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import BadInputError
-from .inspector import FolderReport, VariantReport
+from ..errors import BadInputError
+from ..reading.inspector import FolderReport, VariantReport
 
 EXPECTED, FIXABLE, BREAKING = "expected", "fixable", "breaking"
 DEFAULT_REFERENCE = "parakeet-tdt-0.6b"
@@ -55,7 +55,7 @@ class Difference:
 
 
 def reference_dirs() -> list[Path]:
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     return [p for p in (here / "_data" / "reference", here.parent / "models" / "reference") if p.is_dir()]
 
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .audio import check_audible, read_wav, resample
+from .. import __version__
+from ..decoding.audio import check_audible, read_wav, resample
+from ..decoding.sherpa_check import run_recognizer
+from ..errors import EXIT_NEEDS_FIX, EXIT_OK
+from ..reading.inspector import inspect_folder
 from .baseline import FRAME_SLACK, INT8_TIE_TOLERANCE, TIE_TOLERANCE, Baseline
-from .errors import EXIT_NEEDS_FIX, EXIT_OK
-from .inspector import inspect_folder
 from .reference import BREAKING, DEFAULT_REFERENCE, FIXABLE, Difference, compare_folder, load_reference
-from .sherpa_check import run_recognizer
 
 SCHEMA = "sherpa-fixed/validate"
 
@@ -90,7 +90,7 @@ class ValidationReport:
 
 def generated_audio(seconds: float = 12.0) -> np.ndarray:
     """Deterministic test audio: tone segments over a noise floor (the oracle's generator)."""
-    from .oracle import oracle_audio, random_tokens
+    from ..oracle import oracle_audio, random_tokens
 
     audio, _ = oracle_audio(random_tokens(int(seconds * 2), seed=1234), seed=1234)
     return audio

@@ -35,8 +35,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from . import __version__
-from .errors import BadInputError
+from .. import __version__
+from ..errors import BadInputError
 
 WINDOW_MARKER = "sherpa_fixed_window"
 

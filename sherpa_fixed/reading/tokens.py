@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 BLANK = "<blk>"
 

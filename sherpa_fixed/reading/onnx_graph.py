@@ -15,7 +15,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 Dim = int | str | None
 """One dimension: an int when fixed, the dim_param name when symbolic, None when unnamed."""

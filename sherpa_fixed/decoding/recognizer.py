@@ -33,6 +33,11 @@ from pathlib import Path
 import numpy as np
 import sherpa_onnx
 
+from ..errors import BadInputError
+from ..reading.layout import find_layout
+from ..reading.metadata import atoi
+from ..reading.onnx_graph import read_signature
+from ..rewriting.windowing import WINDOW_MARKER
 from .audio import Resampler
 from .chunker import (
     MergedResult,
@@ -45,12 +50,7 @@ from .chunker import (
     window_samples,
     window_tokens,
 )
-from .errors import BadInputError
-from .layout import find_layout
-from .metadata import atoi
-from .onnx_graph import read_signature
 from .session_dir import session_model_dir, weights_folder
-from .windowing import WINDOW_MARKER
 
 DEFAULT_WINDOW_S = 30.0  # dynamic models: longer audio is windowed
 DEFAULT_OVERLAP_S = 2.0
@@ -113,9 +113,9 @@ def chunking_for(encoder: str | os.PathLike, *, sample_rate: int = 16000, frame_
 def preflight(encoder: str, decoder: str, joiner: str, tokens: str) -> None:
     """Raise what sherpa-onnx would refuse, before it can: it reports a bad model by exit(-1),
     which would end the whole Python process (csrc/macros.h, SHERPA_ONNX_EXIT)."""
-    from .measure import measure_signatures
-    from .metadata import sherpa_first_error
-    from .tokens import read_tokens
+    from ..reading.measure import measure_signatures
+    from ..reading.metadata import sherpa_first_error
+    from ..reading.tokens import read_tokens
 
     enc, dec, joi = read_signature(encoder), read_signature(decoder), read_signature(joiner)
     error = sherpa_first_error(enc.metadata, measure_signatures(enc, dec, joi), read_tokens(tokens))

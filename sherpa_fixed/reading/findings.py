@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import EXIT_BAD_INPUT, EXIT_NEEDS_FIX, EXIT_OK
+from ..errors import EXIT_BAD_INPUT, EXIT_NEEDS_FIX, EXIT_OK
 
 WORKS = "works"
 NEEDS_PREPARE = "needs_prepare"

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BadInputError
+from ..errors import BadInputError
 from .onnx_graph import GraphFile, load_graph
 
 ROLES = ("encoder", "decoder", "joiner")

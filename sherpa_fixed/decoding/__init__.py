@@ -1,0 +1,1 @@
+"""Decoding with a model: the drop-in recognizer, its chunker, features, audio and baselines."""

@@ -1,0 +1,1 @@
+"""Reading a model folder: graphs, axes, weights, tokens, metadata, and the verdict built from them."""

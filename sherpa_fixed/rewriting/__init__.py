@@ -1,0 +1,1 @@
+"""Rewriting a model folder: planned, atomic, verified changes to graphs and weight files."""
