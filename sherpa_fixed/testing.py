@@ -29,7 +29,7 @@ OPSET = 17
 TIME_MODES = ("dynamic", "declared", "baked")
 BATCH_MODES = ("dynamic", "declared", "baked")
 METADATA_MODES = ("correct", "wrong_feat_dim", "missing", "tdt_no_url", "no_normalize", "wrong_vocab")
-EXTERNAL_MODES = ("none", "single", "scattered", "absolute", "escaping", "missing", "truncated")
+EXTERNAL_MODES = ("none", "single", "scattered", "absolute", "escaping", "outside", "missing", "truncated")
 INT8_EXTERNAL_MODES = ("none", "own", "shared")
 
 
@@ -411,7 +411,9 @@ def _save(model: onnx.ModelProto, path: Path, mode: str) -> None:
         return
     if mode == "scattered":  # torch.onnx over 2 GiB: one file per initializer, small ones too
         externalize_inline(model, folder, lambda t: safe_file_name(t.name))
-    elif mode == "escaping":
+    elif mode == "escaping":  # climbs out with '..' and back in: inside the folder, but ORT >= 1.28 refuses it
+        externalize_inline(model, folder, lambda t: f"../{folder.name}/{stem}.weights", threshold=ONNX_THRESHOLD)
+    elif mode == "outside":  # weights really outside the folder: sherpa-fixed must refuse to read them
         externalize_inline(model, folder, lambda t: f"../{folder.name}-{stem}.weights", threshold=ONNX_THRESHOLD)
     else:  # as onnx.save(save_as_external_data=True) with its default size_threshold
         externalize_inline(model, folder, lambda t: f"{stem}.weights", threshold=ONNX_THRESHOLD)

@@ -112,6 +112,7 @@ def test_declared_fixed_batch_is_a_warning_not_a_blocker(make_folder):
     ("scattered", "external.scattered", NEEDS_PREPARE),
     ("absolute", "external.absolute", NEEDS_PREPARE),
     ("escaping", "external.escapes", NEEDS_PREPARE),
+    ("outside", "external.outside", CANNOT_WORK),
     ("missing", "external.missing", CANNOT_WORK),
     ("truncated", "external.truncated", CANNOT_WORK),
 ])

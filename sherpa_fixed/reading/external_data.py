@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from .confine import outside_reason
 from .onnx_graph import GraphFile, external_info, graph_tensors, tensor_nbytes, uses_external_data
 
 SCATTERED_THRESHOLD = 2  # more distinct files than this (per model) counts as scattered
@@ -39,6 +40,7 @@ class ExternalFile:
     tensors: int
     bytes_needed: int
     shared_with: list[str] = field(default_factory=list)  # other model files that point here
+    outside: str | None = None  # why it may not be read (outside the model folder, not a regular file)
     real: Path = field(default=None, repr=False)  # resolved once: folders hold hundreds of these
 
     def __post_init__(self):
@@ -54,6 +56,7 @@ class ExternalFile:
             "tensors": self.tensors,
             "bytes_needed": self.bytes_needed,
             "shared_with": self.shared_with,
+            "outside": self.outside,
         }
 
 
@@ -68,6 +71,16 @@ class ExternalAudit:
     @property
     def uses_external(self) -> bool:
         return bool(self.refs)
+
+    @property
+    def outside(self) -> list[tuple[ExternalRef, ExternalFile]]:
+        """(first tensor, file) for every weights file that may not be read: see confine.py."""
+        by_loc = {f.location: f for f in self.files if f.outside}
+        seen: dict[str, ExternalRef] = {}
+        for r in self.refs:
+            if r.location in by_loc and r.location not in seen:
+                seen[r.location] = r
+        return [(r, by_loc[loc]) for loc, r in seen.items()]
 
     @property
     def external_bytes(self) -> int:
@@ -125,16 +138,24 @@ def audit_external_data(g: GraphFile) -> ExternalAudit:
     files: list[ExternalFile] = []
     for location, rs in by_location.items():
         path = resolve_location(g.path, location)
+        needed = max(r.offset + (r.length if r.length is not None else (r.expected_length or 0)) for r in rs)
+        if not location:
+            files.append(ExternalFile(location, path, False, None, len(rs), needed))
+            problems.append(("external.no_location", f"{len(rs)} tensors have external data without a location"))
+            continue
+        # Confinement first: a file outside the model folder is not even stat'ed for its size.
+        outside = outside_reason(g.path.parent, path)
+        if outside is not None:
+            files.append(ExternalFile(location, path, False, None, len(rs), needed, outside=outside))
+            problems.append(("external.outside", f"tensor {rs[0].tensor!r} has location {location!r}, which "
+                             f"{outside}; sherpa-fixed reads nothing outside the model folder"))
+            continue
         try:
             size: int | None = os.stat(path).st_size
             exists = True
         except OSError:
             size, exists = None, False
-        needed = max(r.offset + (r.length if r.length is not None else (r.expected_length or 0)) for r in rs)
         files.append(ExternalFile(location, path, exists, size, len(rs), needed))
-        if not location:
-            problems.append(("external.no_location", f"{len(rs)} tensors have external data without a location"))
-            continue
         if is_absolute_location(location):
             problems.append(("external.absolute", f"location {location!r} is absolute: onnxruntime >= 1.28 "
                              "refuses it ('Absolute path not allowed for external data location')"))

@@ -209,6 +209,7 @@ def _encoder_findings(
 def _external_findings(rep: ModelReport) -> list[Finding]:
     name = rep.graph.name
     fixes = {
+        "external.outside": ("error", "none"),
         "external.missing": ("error", "none"),
         "external.truncated": ("error", "none"),
         "external.length_mismatch": ("error", "none"),

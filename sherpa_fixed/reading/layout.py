@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BadInputError
+from .confine import inside
 from .onnx_graph import GraphFile, load_graph
 
 ROLES = ("encoder", "decoder", "joiner")
@@ -184,6 +185,8 @@ def find_layout(
     def classify_file(p: Path, from_folder: bool) -> None:
         nonlocal tok, bpe
         low = p.name.lower()
+        if low.endswith((".onnx", ".txt", ".vocab")):
+            inside(p.parent, p, what="model file")  # refused before a byte of it is read (confine.py)
         if low.endswith(".onnx"):
             role = role_from_name(p.name)
             if role is None:
@@ -222,4 +225,7 @@ def find_layout(
 
     if tok is not None and not tok.exists():
         raise BadInputError("not found", path=tok, fix="check the --tokens path")
+    for explicit in (encoder, decoder, joiner, tokens):
+        if explicit:
+            inside(Path(explicit).parent, explicit, what="model file")
     return _assemble(root, found, graphs, tok, bpe, other)

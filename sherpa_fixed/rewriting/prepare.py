@@ -170,7 +170,6 @@ def _plan_weights(fp: FilePlan, users: dict[Path, set[Path]], inline: bool) -> N
     audit = fp.audit
     if not audit.uses_external:
         return
-    folder = fp.graph.path.parent.resolve()
     stem = fp.name[: -len(".onnx")] if fp.name.endswith(".onnx") else fp.name
     if inline:
         size = fp.graph.size + audit.external_bytes
@@ -185,7 +184,10 @@ def _plan_weights(fp: FilePlan, users: dict[Path, set[Path]], inline: bool) -> N
                                  "inside the graph", "--inline: models loaded from memory need no weight files"))
         return
     files = audit.files
-    outside = [f for f in files if f.real.parent != folder]
+    # Judged on the path as written, not resolved: a Hugging Face snapshot's links point into blobs/,
+    # and that is where they belong (confinement has already refused anything truly outside).
+    here = Path(os.path.abspath(fp.graph.path)).parent
+    outside = [f for f in files if Path(os.path.abspath(f.path)).parent != here]
     foreign_shared = [f for f in files if len(users.get(f.real, ())) > 1
                       and f.path.name != f"{stem}.weights"]
     if len(files) > 1 or outside or foreign_shared:
@@ -211,6 +213,18 @@ def _plan_weights(fp: FilePlan, users: dict[Path, set[Path]], inline: bool) -> N
         fp.changes.append(Change(fp.name, "weights", "inline small tensors", f"{len(small)} external",
                                  "inside the graph", "sherpa-onnx <= 1.12.35 fails on small external "
                                  "initializers ('model_path must not be empty')"))
+
+
+def refuse_outside(report: FolderReport) -> None:
+    """Stop before any weight byte is read if a model points at a file outside its folder (confine.py)."""
+    for v in report.variants:
+        for m in v.models.values():
+            for ref, f in m.external.outside:
+                raise BadInputError(
+                    f"tensor {ref.tensor!r} has external location {ref.location!r}, which {f.outside}",
+                    path=m.graph.path,
+                    fix="sherpa-fixed reads only files inside the model folder; put the weights file beside the "
+                        "model (re-download or re-export it); nothing was read or written")
 
 
 def _refs(fp: FilePlan):
@@ -269,6 +283,7 @@ def _plan_dims(fp: FilePlan, v: VariantReport, probe: EncoderProbe | None, block
 
 def plan_prepare(report: FolderReport, *, inline: bool = False, window: dict | None = None) -> Plan:
     """Decide every change from an inspect report; writes nothing."""
+    refuse_outside(report)
     if report.verdict.code == CANNOT_WORK:
         raise BadInputError("cannot be prepared: " + "; ".join(report.verdict.reasons[:3]),
                             path=report.layout.root, fix="fix these at the source (re-export or re-download)")
