@@ -68,13 +68,16 @@ def test_bad_files_are_reported_and_the_rest_goes_on(oracle_files):
     (root / "empty.wav").write_bytes(b"")
     write_wav(root / "silent.wav", np.zeros(16000), 16000)
     (root / "text.wav").write_text("not audio")
+    write_wav(root / "tiny.wav", np.full(50, 0.3), 16000)
     code, out, err = run("transcribe", model, root / "empty.wav", wav, root / "silent.wav", root / "text.wav",
-                         root / "missing.wav")
+                         root / "missing.wav", root / "tiny.wav", wav)
     assert code == 1
-    assert f"{wav}: {text}" in out
-    for words in ("empty", "silent", "not a WAV file", "not found"):
+    assert out.count(f"{wav}: {text}") == 2  # files after the bad ones are transcribed too
+    assert f"{root / 'silent.wav'}: \n" in out  # silence is audio: an empty transcript, not an error
+    for words in ("empty", "not a WAV file", "not found", "tiny.wav: audio too short"):
         assert words in err
-    assert "Traceback" not in err
+    assert "silent" not in err
+    assert len(err.splitlines()) == 4 and "Traceback" not in err
 
 
 def test_output_dir(oracle_files, tmp_path):

@@ -107,11 +107,35 @@ def _pcm(payload: bytes, bits: int) -> np.ndarray:
     return ints.astype(np.float32) / 8388608.0
 
 
+def model_rate_samples(n: int, rate: int, model_rate: int = 16000) -> int:
+    """How many samples sherpa-onnx's resampler makes of n at `rate` (LinearResample, flushed: ceil)."""
+    return n if rate == model_rate else -(-n * model_rate // rate)
+
+
+def check_decodable(audio: Audio, model_rate: int = 16000, frame_shift_ms: float = 10.0) -> None:
+    """Refuse audio too short for one feature frame; silence is fine (it decodes to nothing).
+
+    kaldi-native-fbank (snip_edges=false, as sherpa-onnx's NeMo front end) makes (n + shift/2) // shift
+    frames of n samples, so under half a frame shift (80 samples at 16 kHz) the encoder gets no input
+    and onnxruntime raises. A file that short holds nothing to hear: it is most likely cut off.
+    """
+    shift = round(model_rate * frame_shift_ms / 1000)
+    need = shift - shift // 2
+    n = model_rate_samples(len(audio.samples), audio.sample_rate, model_rate)
+    if n < need:
+        raise BadInputError(f"audio too short to decode: {len(audio.samples)} samples at {audio.sample_rate} Hz "
+                            f"({audio.seconds * 1000:.1f} ms); one feature frame needs {need / model_rate * 1000:g} "
+                            f"ms ({need} samples at {model_rate} Hz)", path=audio.path,
+                            fix="check that the file was written completely")
+
+
 def check_audible(audio: Audio) -> None:
+    """Refuse digital silence where a decode of it would prove nothing (validate compares decodes)."""
     peak = float(np.max(np.abs(audio.samples)))
     if peak < SILENCE_PEAK:
-        raise BadInputError(f"audio is silent (peak {peak:.1e}, {audio.seconds:.1f} s)", path=audio.path,
-                            fix="nothing to transcribe; check the recording's input level")
+        raise BadInputError(f"audio is silent (peak {peak:.1e}, {audio.seconds:.1f} s): both decodes would be "
+                            "empty, which proves nothing", path=audio.path,
+                            fix="give --audio a recording with speech, or leave --audio out for generated audio")
 
 
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:

@@ -209,6 +209,10 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
                 raise TypeError("mix of sherpa_fixed and sherpa_onnx streams in one decode_streams call")
             return super().decode_streams(ss)
         delegated = [s for s in ss if s._delegates()]
+        for s in delegated:
+            if s._too_short():  # no feature frame: sherpa-onnx would raise; there is nothing to hear
+                s._finished, s._original, s._result = True, [], MergedResult()
+        delegated = [s for s in delegated if s._result is None]
         if delegated:
             raws = [s._raw_for_delegation() for s in delegated]
             if self._chunking.batch > 1:
@@ -328,6 +332,15 @@ class OfflineStream:
 
     def _delegates(self) -> bool:
         return not self._c.fixed and not self._chunked
+
+    def _too_short(self) -> bool:
+        """Under half a feature frame at the model's rate (80 samples at 16 kHz): kaldi-native-fbank makes
+        (n + shift/2) // shift frames, so sherpa-onnx would hand the encoder none and onnxruntime raises.
+        sherpa-onnx resamples to ceil(n * model_rate / in_rate) samples (LinearResample, flushed)."""
+        if not self._in_rate or not self._n_original:
+            return False
+        n = -(-self._n_original * self._c.sample_rate // self._in_rate)
+        return n < self._c.frame_shift - self._c.frame_shift // 2
 
     def _raw_for_delegation(self):
         self._finished = True

@@ -1,7 +1,8 @@
 """Transcribe WAV files with the drop-in recognizer: text, JSON with timestamps, or SRT.
 
-One bad file (missing, empty, silent, corrupt, not audio) yields an error
-entry for that file and the others go on.
+One bad file (missing, empty, too short for one feature frame, corrupt, not
+audio) yields an error entry for that file and the others go on. Digital
+silence is not an error: sherpa-onnx decodes it, to an empty transcript.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SherpaFixedError
-from .audio import check_audible, read_wav
+from .audio import check_decodable, read_wav
 
 FRAME_S = 0.08  # a token's span when the model gives no duration (one encoder output frame)
 
@@ -49,15 +50,20 @@ def transcribe_file(recognizer, path: str | Path,
                     progress: Callable[[int, int], None] | None = None) -> FileResult:
     try:
         audio = read_wav(path)
-        check_audible(audio)
+        check_decodable(audio)
     except SherpaFixedError as exc:
         return FileResult(str(path), False, exc.one_line())
     t = time.perf_counter()
     stream = recognizer.create_stream()
     if progress is not None and hasattr(stream, "on_progress"):
         stream.on_progress = progress
-    stream.accept_waveform(audio.sample_rate, audio.samples)
-    recognizer.decode_stream(stream)
+    try:
+        stream.accept_waveform(audio.sample_rate, audio.samples)
+        recognizer.decode_stream(stream)
+    except SherpaFixedError as exc:
+        return FileResult(str(path), False, exc.one_line())
+    except RuntimeError as exc:  # onnxruntime inside sherpa-onnx, on this file's input: the others may go on
+        return FileResult(str(path), False, f"{path}: sherpa-onnx failed on this file: {str(exc).splitlines()[0]}")
     elapsed = time.perf_counter() - t
     r = stream.result
     return FileResult(str(path), True, None, r.text, list(r.tokens), list(r.timestamps),
