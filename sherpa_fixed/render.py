@@ -114,7 +114,10 @@ def render_prepare(r: PrepareResult) -> str:
         if r.written:
             lines.append("  written: " + ", ".join(r.written))
         if r.linked:
-            lines.append("  linked (unchanged, no bytes copied): " + ", ".join(r.linked))
+            lines.append("  hard-linked to the source (unchanged, no bytes copied; both names are one file, so "
+                         "edit neither in place): " + ", ".join(r.linked))
+        if r.recovered:
+            lines += [f"  {line}" for line in r.recovered]
         if r.removed:
             lines.append("  removed (no longer referenced): " + ", ".join(r.removed))
         for c in r.checks:

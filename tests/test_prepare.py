@@ -18,7 +18,7 @@ from sherpa_fixed.decoding.sherpa_check import run_sherpa
 from sherpa_fixed.errors import BadInputError, NeedsFixError
 from sherpa_fixed.reading.inspector import inspect_folder
 from sherpa_fixed.reading.metadata import PREPARED_BY_KEY
-from sherpa_fixed.rewriting.prepare import prepare_folder
+from sherpa_fixed.rewriting.prepare import LINK_MIN, prepare_folder
 from sherpa_fixed.testing import ModelSpec, write_big_model_folder
 
 from .conftest import NEMO_VARIANTS
@@ -144,8 +144,22 @@ def test_metadata_only_change_leaves_the_weights_file_untouched(make_folder, tmp
     out = tmp_path / "out"
     src = make_folder("src", external="single", metadata="wrong_feat_dim")
     result = prepare_folder(src, output=out)
-    assert "encoder.weights" in result.linked
-    assert (out / "encoder.weights").stat().st_ino == (src / "encoder.weights").stat().st_ino
+    # Small files are copied, so editing the output never edits the source (tokens.txt, small weights).
+    assert "encoder.weights" in result.written and not result.linked
+    for name in ("encoder.weights", "tokens.txt", "decoder.onnx"):
+        assert (out / name).stat().st_ino != (src / name).stat().st_ino
+        assert (out / name).read_bytes() == (src / name).read_bytes()
+
+
+def test_big_unchanged_weights_are_hard_linked_and_reported(tmp_path):
+    src = write_big_model_folder(tmp_path / "src", ModelSpec(d_model=1024, layers=2, metadata="wrong_feat_dim"),
+                                 sparse=True)
+    big = src / "encoder.weights"
+    assert big.stat().st_size >= LINK_MIN
+    result = prepare_folder(src, output=tmp_path / "out", verify="fast")
+    assert result.exit_code == 0, result.checks
+    assert result.linked == ["encoder.weights"]
+    assert (tmp_path / "out" / "encoder.weights").stat().st_ino == big.stat().st_ino
 
 
 def test_provenance_is_recorded(make_folder):

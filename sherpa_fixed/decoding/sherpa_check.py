@@ -65,6 +65,26 @@ class SherpaRun:
         return self.results[0]["text"] if self.results else None
 
 
+
+def die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when its parent dies.
+
+    A prepare killed with -9 during verification used to leave its sherpa-onnx check running on
+    (holding gigabytes and the folder's files open). Elsewhere this is a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
 def error_line(stderr: str) -> str | None:
     """The meaningful line of a sherpa-onnx failure, without the source-location prefix."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
@@ -109,6 +129,7 @@ def run_sherpa(
         text=True,
         timeout=timeout,
         env=env,
+        preexec_fn=die_with_parent,
     )
     marker = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT@@")), None)
     if proc.returncode == 0 and marker:
@@ -145,7 +166,7 @@ def run_recognizer(encoder, decoder, joiner, tokens, audio_npy, *, threads: int 
     args = {"encoder": str(encoder), "decoder": str(decoder), "joiner": str(joiner), "tokens": str(tokens),
             "audio": str(audio_npy), "threads": threads}
     proc = subprocess.run([python or sys.executable, "-c", RECOGNIZER_CHILD, json.dumps(args)], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, preexec_fn=die_with_parent)
     marker = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT@@")), None)
     if proc.returncode == 0 and marker:
         return json.loads(marker[len("@@RESULT@@"):]), None

@@ -16,6 +16,7 @@ import copy
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,13 +26,15 @@ import onnx
 
 from .. import __version__
 from ..decoding.sherpa_check import run_sherpa
-from ..errors import EXIT_NEEDS_FIX, EXIT_OK, BadInputError, NeedsFixError
+from ..errors import EXIT_NEEDS_FIX, EXIT_OK, BadInputError, NeedsFixError, SherpaFixedError
+from ..reading.confine import inside, is_inside
 from ..reading.external_data import ExternalAudit, is_absolute_location, resolve_location
 from ..reading.findings import CANNOT_WORK
 from ..reading.inspector import FolderReport, VariantReport, inspect_folder
 from ..reading.metadata import PREPARED_BY_KEY
-from ..reading.onnx_graph import GraphFile, initializer_tensors, load_graph, uses_external_data
+from ..reading.onnx_graph import GraphFile, external_info, graph_tensors, load_graph, uses_external_data
 from ..reading.probe import EncoderProbe, probe_encoder
+from . import journal
 from .atomic import (
     PREFIX,
     check_free_space,
@@ -43,6 +46,7 @@ from .atomic import (
     temp_path,
     write_temp,
 )
+from .lock import DEFAULT_WAIT, folder_locks
 from .verify import Check, byte_proof, run_proof, window_proof
 from .weights import ONNX_THRESHOLD, WeightMove, plan_moves, set_inline, write_weights_file
 from .windowing import WindowParams, window_encoder, window_params
@@ -121,6 +125,7 @@ class PrepareResult:
     removed: list[str] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    recovered: list[str] = field(default_factory=list)  # what was done about an interrupted earlier run
 
     @property
     def nothing_to_do(self) -> bool:
@@ -148,6 +153,7 @@ class PrepareResult:
             "written": self.written,
             "linked": self.linked,
             "removed": self.removed,
+            "recovered": self.recovered,
             "checks": [c.to_json() for c in self.checks],
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
@@ -394,17 +400,6 @@ def _inline(moves: list[WeightMove], model_path: Path) -> None:
             raise BadInputError(f"cannot read weights ({exc.strerror})", path=path) from exc
 
 
-def _referenced(model_path: Path) -> set[Path]:
-    g = load_graph(model_path)
-    out = set()
-    for t in initializer_tensors(g.model.graph):
-        if uses_external_data(t):
-            for e in t.external_data:
-                if e.key == "location":
-                    out.add(resolve_location(model_path, e.value).resolve())
-    return out
-
-
 def _bytes_to_write(plan: Plan) -> int:
     n = 0
     for fp in plan.files:
@@ -485,8 +480,14 @@ def prepare_folder(
     window: bool = False,
     hop: float | None = None,
     context: float | None = None,
+    wait: float = DEFAULT_WAIT,
 ) -> PrepareResult:
-    """Plan and apply the rewrite; see the module docstring. Raises SherpaFixedError on bad input."""
+    """Plan and apply the rewrite; see the module docstring. Raises SherpaFixedError on bad input.
+
+    The source folder (and the output's parent) are locked before anything is planned (lock.py), and
+    an in-place run interrupted earlier is finished or undone first (journal.py). `report` is used
+    for dry runs only: a run that writes plans from what it sees under the lock.
+    """
     if verify not in VERIFY_MODES:
         raise BadInputError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
     source = Path(source)
@@ -497,25 +498,124 @@ def prepare_folder(
         raise BadInputError("say where to write: --output DIR, or --in-place", path=source)
     if in_place and output is not None:
         raise BadInputError("--in-place and --output exclude each other")
-    if not dry_run:
-        sweep_stale(source)
-    t0 = time.perf_counter()
-    report = report or inspect_folder(source)
     if not window and (hop is not None or context is not None):
         raise BadInputError("--hop and --context go with --window")
-    plan = plan_prepare(report, inline=inline, window={"hop": hop, "context": context} if window else None)
-    seconds = {"plan": time.perf_counter() - t0}
-    target = Path(output) if output is not None else source
-    mode = "dry-run" if dry_run else ("in-place" if in_place else "output")
-    result = PrepareResult(source, target, mode, plan, seconds=seconds)
-    if dry_run:
+    out_path = Path(output) if output is not None else None
+    if out_path is not None:
+        check_output(source, out_path, force)
+    locks: list[tuple[Path, bool]] = [(source, dry_run)]
+    if out_path is not None and not dry_run:
+        locks.append((_output_parent(out_path), False))
+    with folder_locks(locks, wait=wait):
+        recovered: list[str] = []
+        if not dry_run:
+            recovered = recover(source)
+            sweep_stale(source)
+            if out_path is not None:
+                check_output(source, out_path, force)  # again: the folder may have changed while we waited
+                sweep_stale(_output_parent(out_path))
+        t0 = time.perf_counter()
+        report = report if (dry_run and report is not None) else inspect_folder(source)
+        plan = plan_prepare(report, inline=inline, window={"hop": hop, "context": context} if window else None)
+        seconds = {"plan": time.perf_counter() - t0}
+        target = out_path if out_path is not None else source
+        mode = "dry-run" if dry_run else ("in-place" if in_place else "output")
+        result = PrepareResult(source, target, mode, plan, seconds=seconds, recovered=recovered)
+        if dry_run:
+            if journal.load(source) is not None:
+                plan.warnings.append("an interrupted in-place run left a journal here; the next run that writes "
+                                     "finishes or undoes it first")
+            return result
+        if in_place:
+            if plan.changes:
+                _apply_in_place(plan, result, verify, progress)
+            return result
+        _apply_to_output(plan, result, out_path, force, verify, progress)
         return result
-    if in_place:
-        if plan.changes:
-            _apply_in_place(plan, result, verify, progress)
-        return result
-    _apply_to_output(plan, result, Path(output), force, verify, progress)
-    return result
+
+
+def recover(folder: Path) -> list[str]:
+    """Finish or undo an in-place run that was killed (journal.py); the caller holds the folder's lock."""
+    j = journal.load(folder)
+    if j is None:
+        return []
+    if j.state == journal.COMMITTED:
+        removed = journal.finish(j, _referenced_in(folder))
+        return [f"finished an interrupted run: removed {len(removed)} superseded file(s)"
+                + (f" ({', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''})" if removed else "")]
+    journal.roll_back(j)
+    return [f"undid an interrupted run (pid {j.pid}): {len(j.backups)} graph(s) restored, "
+            f"{len(j.created)} unfinished weight file(s) removed"]
+
+
+def _output_parent(output: Path) -> Path:
+    return Path(os.path.abspath(output)).parent
+
+
+def check_output(source: Path, output: Path, force: bool) -> None:
+    """Refuse an output that would destroy or mix with the source, before anything is read or written.
+
+    `--force` replaces an existing folder only if it looks like a model folder (files, at least one
+    .onnx, no subfolders): `--output ~ --force` must not empty a home directory.
+    """
+    src = Path(os.path.realpath(source))
+    out = Path(os.path.realpath(output))
+    fix = "choose a new folder beside the source; nothing was changed"
+    if out == src:
+        raise BadInputError("--output is the source folder", path=output, fix="use --in-place for that")
+    if is_inside(out, src):
+        raise BadInputError(f"--output contains the source folder {src}", path=output, fix=fix)
+    if is_inside(src, out):
+        raise BadInputError("--output is inside the source folder", path=output, fix=fix)
+    if not out.parent.exists():
+        raise BadInputError("parent folder does not exist", path=out.parent, fix="create it first")
+    if os.path.lexists(output) and not output.is_dir():
+        raise BadInputError("--output exists and is not a folder", path=output, fix=fix)
+    if output.is_dir():
+        entries = [p for p in output.iterdir() if not p.name.startswith(PREFIX)]
+        if entries and not force:
+            raise BadInputError("output folder exists and is not empty", path=output,
+                                fix="choose a new folder, or pass --force to replace it")
+        if entries:
+            subdirs = [p.name for p in entries if p.is_dir()]
+            if subdirs or not any(p.name.endswith(".onnx") for p in entries):
+                raise BadInputError(
+                    "--force replaces only a folder holding a model, and this one "
+                    + (f"has subfolders ({', '.join(sorted(subdirs)[:3])})" if subdirs else "holds no .onnx file"),
+                    path=output, fix=fix)
+
+
+def _referenced(model_path: Path) -> set[str]:
+    """Names of the files beside `model_path` that its graph's external data points at (Constant nodes too)."""
+    here = Path(os.path.abspath(model_path)).parent
+    out = set()
+    for t in graph_tensors(load_graph(model_path).model.graph):
+        if uses_external_data(t):
+            p = Path(os.path.abspath(resolve_location(model_path, external_info(t).get("location", ""))))
+            if p.parent == here:
+                out.add(p.name)
+    return out
+
+
+def _referenced_in(folder: Path) -> set[str]:
+    """Every file name some graph in `folder` still points at; files we cannot parse keep all they might."""
+    names: set[str] = set()
+    for p in folder.glob("*.onnx"):
+        if p.name.startswith(PREFIX):  # our backups and temp files (pathlib's glob matches dot-files)
+            continue
+        try:
+            names |= _referenced(p)
+        except SherpaFixedError:
+            return {q.name for q in folder.iterdir()}  # unreadable graph: remove nothing
+    return names
+
+
+def _mode_of(path: Path) -> int:
+    """The permission bits a rewritten file inherits from the file it replaces (0440 stays 0440)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o644
 
 
 def _apply_in_place(plan: Plan, result: PrepareResult, verify: str, progress: Progress | None) -> None:
@@ -523,8 +623,9 @@ def _apply_in_place(plan: Plan, result: PrepareResult, verify: str, progress: Pr
     check_writable(folder)
     check_free_space(folder, _bytes_to_write(plan))
     old_refs = {fp.graph.path: _referenced(fp.graph.path) for fp in plan.files}
-    backups: dict[Path, Path] = {}
-    new_weights: list[Path] = []
+    j = journal.Journal(folder)
+    j.superseded = sorted(set().union(*old_refs.values())) if old_refs else []
+    j.save()  # from here on, a killed run is undone (or finished) by the next one
     t = time.perf_counter()
     try:
         staged: list[tuple[FilePlan, Path, Path | None]] = []
@@ -534,22 +635,28 @@ def _apply_in_place(plan: Plan, result: PrepareResult, verify: str, progress: Pr
             if fp.weights == "consolidate":
                 fp.weights_name = _free_name(folder, fp.weights_name, old_refs)
             graph_tmp, weights_tmp = _rewrite_graph(fp, folder, progress, durable=True)
+            mode = _mode_of(fp.graph.path)
+            os.chmod(graph_tmp, mode)
+            if weights_tmp is not None:
+                os.chmod(weights_tmp, mode)
             staged.append((fp, graph_tmp, weights_tmp))
         # New weights get their final names first: nothing references them yet, so this is safe.
         for fp, _graph_tmp, weights_tmp in staged:
             if weights_tmp is not None:
-                final = folder / fp.weights_name
-                os.replace(weights_tmp, final)
-                new_weights.append(final)
-                result.written.append(final.name)
+                j.created.append(fp.weights_name)
+                j.save()
+                os.replace(weights_tmp, folder / fp.weights_name)
+                result.written.append(fp.weights_name)
         fsync_dir(folder)
-        # Then each graph, atomically, keeping a hard-linked backup of the original to restore from.
+        # Then each graph, atomically, keeping a hard-linked backup of the original to restore from. The
+        # backup links the directory entry itself (a Hugging Face snapshot's symlink stays a symlink).
         for fp, graph_tmp, _ in staged:
             final = fp.graph.path
             backup = temp_path(final, "bak")
-            os.link(final, backup)
-            backups[final] = backup
-            os.replace(graph_tmp, final)
+            j.backups[final.name] = backup.name
+            j.save()
+            os.link(final, backup, follow_symlinks=False)
+            os.replace(graph_tmp, final)  # replaces a symlink, never writes into the blob behind it
             result.written.append(final.name)
         fsync_dir(folder)
         result.seconds["write"] = time.perf_counter() - t
@@ -559,11 +666,7 @@ def _apply_in_place(plan: Plan, result: PrepareResult, verify: str, progress: Pr
         if any(not c.ok for c in result.checks):
             raise _VerificationFailed()
     except BaseException as exc:
-        for final, backup in backups.items():
-            os.replace(backup, final)
-        for w in new_weights:
-            if not any(w.resolve() in refs for refs in old_refs.values()):
-                w.unlink(missing_ok=True)
+        journal.roll_back(j)
         for p in folder.iterdir():
             if p.name.startswith(f"{PREFIX}tmp-{os.getpid()}-"):
                 p.unlink(missing_ok=True)
@@ -574,68 +677,75 @@ def _apply_in_place(plan: Plan, result: PrepareResult, verify: str, progress: Pr
         if isinstance(exc, OSError):
             raise disk_error(exc, folder) from exc
         raise
-    for backup in backups.values():
-        backup.unlink(missing_ok=True)
+    j.state = journal.COMMITTED
+    j.save()
     # Weight files no graph references any more (consolidated scattered files) are removed last.
-    still = set()
-    for p in folder.glob("*.onnx"):
-        try:
-            still |= _referenced(p)
-        except BadInputError:
-            continue
-    for refs in old_refs.values():
-        for ref in refs:
-            if ref not in still and ref.parent == folder.resolve() and ref.exists():
-                ref.unlink()
-                result.removed.append(ref.name)
-    fsync_dir(folder)
+    result.removed = journal.finish(j, _referenced_in(folder))
 
 
 class _VerificationFailed(Exception):
     pass
 
 
-def _free_name(folder: Path, name: str, old_refs: dict[Path, set[Path]]) -> str:
+def _free_name(folder: Path, name: str, old_refs: dict[Path, set[str]]) -> str:
     """`name` unless an existing graph still references a file of that name (never overwrite those)."""
     referenced = set().union(*old_refs.values()) if old_refs else set()
     candidate, n = name, 1
-    while (folder / candidate).resolve() in referenced:
+    while candidate in referenced:
         stem = name[: -len(".weights")]
         candidate = f"{stem}.{n}.weights"
         n += 1
     return candidate
 
 
+LINK_MIN = 16 << 20  # files at least this big are hard-linked into an output folder (and reported); smaller copied
+
+
+def _bring(src: Path, dst: Path, result: PrepareResult) -> None:
+    """Put an unchanged source file into the output: a real file, never a link to a link.
+
+    Big files are hard-linked to the resolved file (no bytes copied; listed as linked, since the two
+    names then share one file); small ones (tokens.txt, graphs) are copied so that editing the output
+    never edits the source.
+    """
+    real = Path(os.path.realpath(src))
+    if real.stat().st_size >= LINK_MIN and link_or_copy(real, dst) == "linked":
+        result.linked.append(dst.name)
+        return
+    try:
+        shutil.copyfile(real, dst)
+        shutil.copymode(real, dst)
+    except OSError as exc:
+        raise disk_error(exc, dst) from exc
+    result.written.append(dst.name)
+
+
 def _apply_to_output(plan: Plan, result: PrepareResult, output: Path, force: bool, verify: str,
                      progress: Progress | None) -> None:
     source = result.source
-    if output.resolve() == source.resolve():
-        raise BadInputError("--output is the source folder", path=output, fix="use --in-place for that")
-    if output.exists() and not force and any(output.iterdir()):
-        raise BadInputError("output folder exists and is not empty", path=output,
-                            fix="choose a new folder, or pass --force to replace it")
-    parent = output.resolve().parent
-    if not parent.exists():
-        raise BadInputError("parent folder does not exist", path=parent)
+    parent = _output_parent(output)
     check_writable(parent)
     check_free_space(parent, _bytes_to_write(plan))
-    staging = temp_path(output.resolve(), "tmp")
+    staging = temp_path(Path(os.path.abspath(output)), "tmp")
     t = time.perf_counter()
     try:
         staging.mkdir()
-        written_graphs: set[Path] = set()
-        consolidated_sources: set[Path] = set()
-        kept_refs: set[Path] = set()
+        written_graphs: set[str] = set()
+        consolidated_sources: set[str] = set()
+        kept_refs: set[str] = set()
         for fp in plan.files:
-            refs = {f.real for f in fp.audit.files}
+            refs = {f.path.name for f in fp.audit.files}
             if fp.changed:
                 # A fresh folder replaces nothing until its final rename, and the source is never
                 # touched: no fsync here, like cp.
                 graph_tmp, weights_tmp = _rewrite_graph(fp, staging, progress, durable=False)
+                mode = _mode_of(fp.graph.path)
+                os.chmod(graph_tmp, mode)
                 os.replace(graph_tmp, staging / fp.name)
-                written_graphs.add(fp.graph.path.resolve())
+                written_graphs.add(fp.name)
                 result.written.append(fp.name)
                 if weights_tmp is not None:
+                    os.chmod(weights_tmp, mode)
                     os.replace(weights_tmp, staging / fp.weights_name)
                     result.written.append(fp.weights_name)
                 if fp.weights in ("consolidate", "inline"):
@@ -645,19 +755,14 @@ def _apply_to_output(plan: Plan, result: PrepareResult, output: Path, force: boo
             else:
                 kept_refs |= refs
         for p in sorted(source.iterdir()):
-            rp = Path(os.path.realpath(p))
-            if not p.is_file() or p.name.startswith(PREFIX) or rp in written_graphs:
+            if p.name.startswith(PREFIX) or p.name in written_graphs or not p.is_file():
                 continue
-            if rp in consolidated_sources and rp not in kept_refs:
+            if p.name in consolidated_sources and p.name not in kept_refs:
                 continue  # scattered files replaced by one consolidated file
             if (staging / p.name).exists():
                 continue
-            how = link_or_copy(p, staging / p.name)
-            (result.linked if how == "linked" else result.written).append(p.name)
-        for ref in kept_refs:  # kept weights outside the folder come along under their base name
-            if ref.parent != source.resolve() and not (staging / ref.name).exists():
-                link_or_copy(ref, staging / ref.name)
-                result.linked.append(ref.name)
+            inside(source, p)  # a symlink out of the folder is never followed (confine.py)
+            _bring(p, staging / p.name, result)
         result.seconds["write"] = time.perf_counter() - t
         t = time.perf_counter()
         result.checks = _verify(plan, staging, verify, progress)
@@ -668,7 +773,7 @@ def _apply_to_output(plan: Plan, result: PrepareResult, output: Path, force: boo
             result.linked.clear()
             return
         if output.exists():
-            old = temp_path(output.resolve(), "old")
+            old = temp_path(Path(os.path.abspath(output)), "old")
             os.replace(output, old)
             os.replace(staging, output)
             shutil.rmtree(old, ignore_errors=True)
