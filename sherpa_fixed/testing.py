@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .reading.onnx_graph import uses_external_data
 from .rewriting.weights import ONNX_THRESHOLD, aligned, externalize_inline, safe_file_name, set_external
 
 OPSET = 17
@@ -29,7 +30,7 @@ OPSET = 17
 TIME_MODES = ("dynamic", "declared", "baked")
 BATCH_MODES = ("dynamic", "declared", "baked")
 METADATA_MODES = ("correct", "wrong_feat_dim", "missing", "tdt_no_url", "no_normalize", "wrong_vocab")
-EXTERNAL_MODES = ("none", "single", "scattered", "absolute", "escaping", "outside", "missing", "truncated")
+EXTERNAL_MODES = ("none", "single", "scattered", "torch", "absolute", "escaping", "outside", "missing", "truncated")
 INT8_EXTERNAL_MODES = ("none", "own", "shared")
 
 
@@ -409,6 +410,10 @@ def _save(model: onnx.ModelProto, path: Path, mode: str) -> None:
     if mode == "none":
         onnx.save(model, str(path))
         return
+    if mode == "torch":
+        torch_layout(model, folder)
+        onnx.save(model, str(path))
+        return
     if mode == "scattered":  # torch.onnx over 2 GiB: one file per initializer, small ones too
         externalize_inline(model, folder, lambda t: safe_file_name(t.name))
     elif mode == "escaping":  # climbs out with '..' and back in: inside the folder, but ORT >= 1.28 refuses it
@@ -433,9 +438,52 @@ def _save(model: onnx.ModelProto, path: Path, mode: str) -> None:
             f.truncate(size // 2)
 
 
+TORCH_EXTERNAL_ELEMENTS = 1024
+
+
+def torch_layout(model: onnx.ModelProto, folder: Path) -> list[str]:
+    """Store tensors the way torch.onnx does for a model over 2 GiB (the real 1.1B export, FACTS.md 9).
+
+    Measured on parakeet-tdt-1.1b's architecture exported by NeMo 3.0.0 / torch 2.13: every tensor
+    of more than 1024 elements gets its own file named after it (`onnx::MatMul_12309` ->
+    `onnx__MatMul_12309`, `layers.0.conv.pointwise_conv1.weight`), smaller ones stay inline; the
+    external entry has a location only (no offset, no length); and a large Constant NODE's value is
+    external too, in a file named `<node>_attr__value` (there `Constant_4053_attr__value`, the
+    relative positional table). Such Constant nodes are renamed `Constant_<index>` as torch names
+    them. Returns the file names written.
+    """
+    files: list[str] = []
+
+    def externalize(t: TensorProto) -> None:
+        if uses_external_data(t) or not t.HasField("raw_data") or int(np.prod(t.dims)) <= TORCH_EXTERNAL_ELEMENTS:
+            return
+        name = safe_file_name(t.name)
+        (folder / name).write_bytes(t.raw_data)
+        del t.external_data[:]
+        e = t.external_data.add()
+        e.key, e.value = "location", name
+        t.data_location = TensorProto.EXTERNAL
+        t.ClearField("raw_data")
+        files.append(name)
+
+    for t in model.graph.initializer:
+        externalize(t)
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "Constant":
+            continue
+        for attr in node.attribute:
+            if attr.name == "value" and attr.HasField("t") and int(np.prod(attr.t.dims)) > TORCH_EXTERNAL_ELEMENTS:
+                node.name = f"Constant_{i}"
+                attr.t.name = f"{node.name}_attr::value"
+                externalize(attr.t)
+    return files
+
+
 def write_model_folder(folder: str | os.PathLike, spec: ModelSpec | None = None, **changes) -> Path:
     """Write encoder.onnx, decoder.onnx, joiner.onnx and tokens.txt (and int8 twins if asked)."""
     spec = (spec or ModelSpec()).with_(**changes) if changes else (spec or ModelSpec())
+    if spec.external == "torch" and not spec.pos_emb_max_len:
+        spec = spec.with_(pos_emb_max_len=5000)  # the real rel-pos table: the Constant torch stores externally
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     encoder = make_encoder(spec)
@@ -503,3 +551,34 @@ def write_int8(folder: Path, spec: ModelSpec) -> None:
                     f.write(t.raw_data)
                     set_external(t, "encoder.weights", start, len(t.raw_data))
         onnx.save(q, str(folder / "encoder.int8.onnx"))
+
+
+def make_hf_snapshot(folder: str | os.PathLike, cache: str | os.PathLike, *, repo: str = "models--nvidia--tiny",
+                     revision: str = "0123abcd") -> Path:
+    """Move a model folder into a Hugging Face cache layout and return its snapshot folder.
+
+    As huggingface_hub lays it out: every file of `repo/snapshots/REV/` is a relative symlink to
+    `../../blobs/<sha256>`, and blobs are shared between revisions (FACTS.md section 11).
+    """
+    import hashlib
+    import shutil
+
+    folder, root = Path(folder), Path(cache) / repo
+    blobs, snap = root / "blobs", root / "snapshots" / revision
+    blobs.mkdir(parents=True, exist_ok=True)
+    snap.mkdir(parents=True, exist_ok=True)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(revision)
+    for p in sorted(folder.iterdir()):
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        blob = blobs / h.hexdigest()
+        if not blob.exists():
+            shutil.move(str(p), blob)
+        else:
+            p.unlink()
+        os.symlink(os.path.join("..", "..", "blobs", blob.name), snap / p.name)
+    folder.rmdir()
+    return snap

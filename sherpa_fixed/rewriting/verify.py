@@ -156,7 +156,7 @@ def _graph_difference(a: onnx.ModelProto, b: onnx.ModelProto, freed: dict[str, d
     if len(ga.node) != len(gb.node):
         return f"{len(ga.node)} nodes vs {len(gb.node)}"
     for na, nb in zip(ga.node, gb.node, strict=True):
-        if na != nb:
+        if na != nb and _without_storage(na) != _without_storage(nb):
             return f"node {na.name or na.op_type}"
     if len(ga.initializer) != len(gb.initializer):
         return "number of initializers"
@@ -179,6 +179,30 @@ def _graph_difference(a: onnx.ModelProto, b: onnx.ModelProto, freed: dict[str, d
     if list(a.functions) != list(b.functions):
         return "functions"
     return None
+
+
+def _without_storage(node: onnx.NodeProto) -> onnx.NodeProto:
+    """The node with its attribute tensors' bytes and their location set aside (name, type, dims kept).
+
+    Constant nodes do not stay inline: over 2 GiB torch stores a Constant's `value` as external
+    data like any initializer (the 1.1B encoder's rel-pos table, `Constant_4053_attr__value`,
+    41 MB), and prepare moves it with the weights. Its bytes are compared by byte_proof, streamed
+    like an initializer's (graph_tensors yields attribute tensors too); here only where it lives
+    may differ. Subgraphs (Loop/If bodies) are handled the same way, their initializers included.
+    Called only for nodes that differ, so an inline tensor is copied at most once, and rarely.
+    """
+    out = onnx.NodeProto()
+    out.CopyFrom(node)
+    for attr in out.attribute:
+        tensors = ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+        subgraphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+        for g in subgraphs:
+            tensors += list(graph_tensors(g))
+        for t in tensors:
+            t.ClearField("raw_data")
+            t.ClearField("data_location")
+            del t.external_data[:]
+    return out
 
 
 def _tensor_reader(model_path: Path):
