@@ -333,6 +333,59 @@ def demo_cmd(folder, as_json):
     sys.exit(code)
 
 
+@main.command("export")
+@click.argument("model", type=click.Path())
+@click.argument("out_dir", type=click.Path())
+@click.option("--int8", is_flag=True, help="Also write the int8 set (encoder/decoder/joiner.int8.onnx) with "
+                                          "sherpa-fixed's streamed quantizer.")
+@click.option("--static-frames", type=int, metavar="T",
+              help="Export the encoder with a static 1 x feat x T input (NPU/TensorRT targets); decode it with "
+                   "sherpa_fixed.OfflineRecognizer or make it any-length with `prepare --window`.")
+@click.option("--force", is_flag=True, help="Replace an existing, non-empty OUT_DIR.")
+@click.option("--audio", type=click.Path(dir_okay=False),
+              help="WAV file for the agreement check (default: 19 s of generated tone segments).")
+@click.option("--no-check", is_flag=True, help="Skip the checks (inspect, encoder vs torch, sherpa-onnx vs NeMo).")
+@click.option("--num-threads", type=int, default=1, show_default=True, help="Threads for the check decodes.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@handle_errors
+def export_cmd(model, out_dir, int8, static_frames, force, audio, no_check, num_threads, as_json):
+    """Export a NeMo transducer checkpoint (MODEL.nemo) to a sherpa-onnx folder in one pass.
+
+    \b
+    Needs the optional extra (torch and NeMo; not needed by any other command):
+      pip install torch --index-url https://download.pytorch.org/whl/cpu
+      pip install "sherpa-fixed[export]"
+
+    Loads the model on CPU, exports encoder, decoder and joint with NeMo's own
+    .export() (for a hybrid TDT/RNNT-CTC model, the transducer branch), and
+    writes the release layout: encoder.onnx + ONE encoder.weights, decoder.onnx,
+    joiner.onnx, tokens.txt (<blk> last), bpe.vocab for hotwords when the
+    tokenizer is SentencePiece, and encoder metadata read from the model's own
+    config (feat_dim, vocab_size, normalize_type, subsampling_factor, the
+    prediction network, 'tdt' in url for TDT). Then it checks the folder: it
+    inspects it, compares the encoder with torch, and decodes audio with stock
+    sherpa-onnx, which must give exactly NeMo's own greedy tokens. Everything
+    is written in a hidden folder beside OUT_DIR and renamed into place at the
+    end; a failure leaves nothing behind.
+
+    Exit code: 0 written and checked, 1 a check failed (nothing written), 2 bad input.
+    """
+    from .exporting import export_nemo, render_export
+
+    bar = _Bar(enabled=not as_json)
+    notice = None if as_json else (lambda m: click.echo(m, err=True))
+    try:
+        result = export_nemo(model, out_dir, int8=int8, static_frames=static_frames, force=force,
+                             check=not no_check, audio=audio, threads=num_threads, progress=bar, notice=notice)
+    finally:
+        bar.close()
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo(render_export(result))
+    sys.exit(result.exit_code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
 
