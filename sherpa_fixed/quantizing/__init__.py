@@ -5,6 +5,6 @@ Entry point: `quantize_folder(source, ...) -> QuantizeResult`.
 
 from __future__ import annotations
 
-from .folder import QuantizeResult, quantize_folder
+from .folder import QuantizeResult, quantize_folder, render_quantize
 
-__all__ = ["QuantizeResult", "quantize_folder"]
+__all__ = ["QuantizeResult", "quantize_folder", "render_quantize"]

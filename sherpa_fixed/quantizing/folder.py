@@ -1,16 +1,46 @@
-"""Quantize a model folder's fp32 set into sherpa-onnx's int8 release files."""
+"""Quantize a model folder's fp32 set into sherpa-onnx's int8 release files.
+
+The fp32 encoder/decoder/joiner become `encoder.int8.onnx`, `decoder.int8.onnx`,
+`joiner.int8.onnx` (the names sherpa-onnx's releases use), quantized as
+sherpa-onnx's export scripts do it (onnxruntime `quantize_dynamic`, QUInt8 for
+the encoder, QInt8 for decoder and joiner, per tensor; see
+k2-fsa/sherpa-onnx scripts/nemo/parakeet-tdt-0.6b-v2/export_onnx.py), with
+the encoder's metadata carried over. Weights stream from disk one tensor at a
+time (ort_scheme.py, protowrite.py).
+
+Safety is prepare's: the source is locked (shared for --output, exclusive for
+--in-place), every read stays inside the model folder, every file is written
+under a temp name and renamed into place, and a failed run leaves the folder
+as it was.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
+import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
-from ..errors import EXIT_OK
+from ..errors import EXIT_OK, BadInputError
+from ..reading.external_data import audit_external_data
+from ..reading.layout import ROLES, find_layout
+from ..reading.onnx_graph import GraphFile
+from ..rewriting.atomic import PREFIX, check_free_space, check_writable, fsync_dir, link_or_copy, sweep_stale, temp_path
+from ..rewriting.lock import DEFAULT_WAIT, folder_locks
+from .ort_scheme import Spill, quantize_graph, weight_type_for
+from .protowrite import write_model
+from .report import QUANTIZED_KEY, quantized_ops
+from .stubs import Store
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total), as prepare's
+
+INT8_NAMES = {role: f"{role}.int8.onnx" for role in ROLES}
+ROLE_FILES = {"tokens.txt", "bpe.vocab"}  # the non-model files an int8 release carries
 
 
 @dataclass
@@ -21,7 +51,7 @@ class QuantizeResult:
     scheme: dict
     written: list[str] = field(default_factory=list)
     linked: list[str] = field(default_factory=list)
-    files: list[dict] = field(default_factory=list)  # per model: role, source, output, bytes, quantized nodes
+    files: list[dict] = field(default_factory=list)  # per model: role, source, output, bytes, weights quantized
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -45,6 +75,47 @@ class QuantizeResult:
         }
 
 
+def parse_exclude(patterns: Sequence[str]) -> dict[str, list[str]]:
+    """`[ROLE:]GLOB` patterns -> globs per role; a pattern without a role applies to all three."""
+    out: dict[str, list[str]] = {role: [] for role in ROLES}
+    for p in patterns:
+        role, sep, glob = p.partition(":")
+        if sep and role in ROLES:
+            out[role].append(glob or "*")
+        elif sep and role not in ROLES and "/" not in role and "*" not in role:
+            raise BadInputError(f"--exclude {p!r}: {role!r} is not a model (use encoder:, decoder: or joiner:)")
+        else:
+            for r in ROLES:
+                out[r].append(p)
+    return out
+
+
+def excluded_nodes(names: list[str], globs: list[str]) -> list[str]:
+    return [n for n in names if n and any(fnmatch.fnmatchcase(n, g) for g in globs)]
+
+
+def _fp32_set(source: Path) -> dict[str, GraphFile]:
+    layout = find_layout(source)
+    fp32 = layout.variants.get("fp32")
+    if fp32 is None or fp32.encoder is None:
+        has_int8 = "int8" in layout.variants
+        raise BadInputError("no fp32 encoder here" + (" (only an int8 set)" if has_int8 else ""), path=source,
+                            fix="quantize takes the fp32 export (encoder.onnx, decoder.onnx, joiner.onnx and their "
+                                "weights); an int8 set cannot be quantized again")
+    graphs = {role: layout.graph(p) for role, p in fp32.paths().items()}
+    for role, g in graphs.items():
+        ops = quantized_ops(g.model)
+        if ops:
+            raise BadInputError(f"the {role} is already quantized ({', '.join(sorted(ops)[:3])} nodes)", path=g.path,
+                                fix="quantize the fp32 export instead; quantizing int8 again only loses accuracy")
+        audit = audit_external_data(g)
+        bad = [m for c, m in audit.problems if c in ("external.missing", "external.truncated", "external.outside",
+                                                       "external.length_mismatch", "external.no_location")]
+        if bad:
+            raise BadInputError(bad[0], path=g.path, fix="re-download or re-export the model; nothing was written")
+    return graphs
+
+
 def quantize_folder(
     source: str | os.PathLike,
     *,
@@ -54,11 +125,185 @@ def quantize_folder(
     exclude: Sequence[str] = (),
     force: bool = False,
     progress: Progress | None = None,
+    wait: float = DEFAULT_WAIT,
 ) -> QuantizeResult:
     """Write encoder/decoder/joiner.int8.onnx from the fp32 set in `source`.
 
-    `output`: a new folder holding the whole model (fp32 files linked, int8 files
-    written); `in_place`: add the int8 files beside the fp32 set in `source`.
-    Raises SherpaFixedError (exit 2) on bad input, leaving nothing half-written.
+    `in_place`: add the int8 files beside the fp32 set (existing int8 files are
+    replaced only with `force`). `output`: a new folder in the layout of
+    sherpa-onnx's int8 releases: the int8 set plus tokens.txt (and bpe.vocab).
+    `exclude`: `[ROLE:]GLOB` patterns of node names kept in fp32 (e.g.
+    `encoder:/pre_encode/*`, `joiner:*`). Raises SherpaFixedError (exit 2) on bad
+    input, leaving nothing half-written.
     """
-    raise NotImplementedError("quantize_folder: work in progress (issue 14)")
+    from ..rewriting.prepare import check_output
+
+    source = Path(source)
+    if not source.is_dir():
+        raise BadInputError("not a folder" if source.exists() else "folder not found", path=source,
+                            fix="quantize takes the model folder")
+    if in_place and output is not None:
+        raise BadInputError("--in-place and --output exclude each other")
+    if not in_place and output is None:
+        raise BadInputError("say where to write: --output DIR, or --in-place", path=source)
+    globs = parse_exclude(exclude)
+    out_path = Path(output) if output is not None else None
+    if out_path is not None:
+        check_output(source, out_path, force)
+    locks: list[tuple[Path, bool]] = [(source, not in_place)]
+    if out_path is not None:
+        locks.append((Path(os.path.abspath(out_path)).parent, False))
+    scheme = {"method": "onnxruntime.quantize_dynamic", "per_channel": per_channel,
+              "weight_type": {role: weight_type_for(role) for role in ROLES},
+              "exclude": list(exclude)}
+    with folder_locks(locks, wait=wait):
+        t0 = time.perf_counter()
+        if in_place:
+            sweep_stale(source)
+        else:
+            check_output(source, out_path, force)
+        graphs = _fp32_set(source)
+        if in_place and not force:
+            existing = [INT8_NAMES[r] for r in ROLES if (source / INT8_NAMES[r]).exists()]
+            if existing:
+                raise BadInputError(f"{existing[0]} already exists", path=source / existing[0],
+                                    fix="pass --force to replace the int8 set, or use --output DIR")
+        target = source if in_place else out_path
+        result = QuantizeResult(source, target, "in-place" if in_place else "output", scheme)
+        result.seconds["plan"] = time.perf_counter() - t0
+        folder = source if in_place else Path(os.path.abspath(out_path)).parent
+        check_writable(folder)
+        need = sum(g.size + audit_external_data(g).external_bytes for g in graphs.values())
+        check_free_space(folder, need // 3 + (64 << 20))  # int8 is a quarter of fp32; the spill doubles it
+        staging = temp_path(source / "quantize" if in_place else Path(os.path.abspath(out_path)), "tmp")
+        try:
+            staging.mkdir()
+            _quantize_all(graphs, staging, globs, per_channel, scheme, result, progress)
+            if in_place:
+                _commit_in_place(staging, source, result)
+            else:
+                _commit_output(staging, source, out_path, result)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        result.seconds["total"] = time.perf_counter() - t0
+        return result
+
+
+def _quantize_all(graphs: dict[str, GraphFile], staging: Path, globs: dict[str, list[str]], per_channel: bool,
+                  scheme: dict, result: QuantizeResult, progress: Progress | None) -> None:
+    for role in ROLES:
+        g = graphs[role]
+        t = time.perf_counter()
+        names = [n.name for n in g.model.graph.node]
+        nodes = excluded_nodes(names, globs[role])
+        store = Store()
+        spill = Spill(staging / f"{role}.spill", store)
+        name = INT8_NAMES[role]
+        tick_quantize = _ticker(progress, f"quantizing {g.path.name}", audit_external_data(g).external_bytes + g.size)
+        tick_write = _ticker(progress, f"writing {name}", audit_external_data(g).external_bytes // 4 + g.size)
+
+        try:
+            model, quantized = quantize_graph(g.path, weight_type=weight_type_for(role), per_channel=per_channel,
+                                              nodes_to_exclude=nodes, store=store, spill=spill, scratch=staging,
+                                              tick=tick_quantize)
+            spill.close()
+            record = {"version": __version__, "method": scheme["method"], "weight_type": weight_type_for(role),
+                      "per_channel": per_channel, "excluded_nodes": len(nodes), "weights_quantized": quantized,
+                      "onnxruntime": _ort_version()}
+            entry = model.metadata_props.add()
+            entry.key, entry.value = QUANTIZED_KEY, json.dumps(record, sort_keys=True)
+            written = write_model(model, store, staging / name, f"{role}.int8.weights", tick=tick_write)
+        finally:
+            spill.close()
+            store.close()
+            (staging / f"{role}.spill").unlink(missing_ok=True)
+        del model
+        result.files.append({"role": role, "source": g.path.name, "output": name,
+                             "bytes": sum(p.stat().st_size for p in written), "weights_quantized": quantized,
+                             "nodes_excluded": len(nodes), "files": [p.name for p in written]})
+        result.seconds[role] = time.perf_counter() - t
+
+
+def _ticker(progress: Progress | None, phase: str, total: int) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    done = [0]
+    total = max(1, total)
+
+    def tick(n: int) -> None:
+        done[0] += n
+        progress(phase, min(done[0], total), total)
+
+    return tick
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _outputs(staging: Path) -> list[Path]:
+    return sorted(p for p in staging.iterdir() if p.is_file())
+
+
+def _commit_in_place(staging: Path, folder: Path, result: QuantizeResult) -> None:
+    """Rename each new file over its final name, keeping hard-linked backups to restore on failure."""
+    backups: dict[Path, Path] = {}
+    moved: list[Path] = []
+    try:
+        for p in _outputs(staging):
+            final = folder / p.name
+            if final.exists():
+                backup = temp_path(final, "bak")
+                os.link(final, backup)
+                backups[final] = backup
+            os.replace(p, final)
+            moved.append(final)
+        fsync_dir(folder)
+    except BaseException:
+        for final in moved:
+            if final in backups:
+                os.replace(backups.pop(final), final)
+            else:
+                final.unlink(missing_ok=True)
+        for b in backups.values():
+            b.unlink(missing_ok=True)
+        fsync_dir(folder)
+        raise
+    for b in backups.values():
+        b.unlink(missing_ok=True)
+    result.written += [p.name for p in moved]
+
+
+def _commit_output(staging: Path, source: Path, output: Path, result: QuantizeResult) -> None:
+    result.written += [p.name for p in _outputs(staging)]
+    for p in sorted(source.iterdir()):
+        if p.is_file() and not p.name.startswith(PREFIX) and p.name.lower() in ROLE_FILES:
+            how = link_or_copy(p, staging / p.name)
+            (result.linked if how == "linked" else result.written).append(p.name)
+    fsync_dir(staging)
+    if output.exists():
+        old = temp_path(Path(os.path.abspath(output)), "old")
+        os.replace(output, old)
+        os.replace(staging, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, output)
+    fsync_dir(Path(os.path.abspath(output)).parent)
+
+
+def render_quantize(result: QuantizeResult) -> str:
+    """The text report: one line per int8 file, then where they are."""
+    s = result.scheme
+    how = "per-channel" if s["per_channel"] else "per-tensor"
+    lines = [f"quantized {result.source} ({s['method']}, {how}"
+             + (f", kept fp32: {', '.join(s['exclude'])}" if s["exclude"] else "") + ")"]
+    for f in result.files:
+        extra = f", {f['nodes_excluded']} node(s) kept fp32" if f["nodes_excluded"] else ""
+        lines.append(f"  {f['source']} -> {' + '.join(f['files'])}: {f['bytes'] / 1e6:.1f} MB, "
+                     f"{f['weights_quantized']} weights {s['weight_type'][f['role']]}{extra}")
+    lines.append(f"wrote {len(result.written)} file(s) to {result.target}"
+                 + (f", linked {', '.join(result.linked)}" if result.linked else "")
+                 + f" in {result.seconds.get('total', 0):.1f} s")
+    return "\n".join(lines)
