@@ -53,7 +53,7 @@ def weights_folder(*model_paths: str | os.PathLike) -> Path | None:
 
     folders = set()
     for p in model_paths:
-        p = Path(p).resolve()
+        p = Path(os.path.abspath(p))  # not resolve(): relative weights resolve beside the link
         refs, _ = external_refs(load_graph(p))
         if any(not os.path.isabs(r.location) for r in refs):
             folders.add(p.parent)

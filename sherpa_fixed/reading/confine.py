@@ -57,6 +57,8 @@ def outside_reason(folder: str | os.PathLike, path: str | os.PathLike) -> str | 
     a weights file). A missing file is not refused here: callers report it
     as missing.
     """
+    if "\0" in str(path):
+        return "is not a valid file name (it contains a NUL byte)"
     root = model_root(folder)
     if not is_inside(root, path):
         return f"resolves to {os.path.realpath(path)}, outside the model folder {root}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .confine import outside_reason
-from .onnx_graph import GraphFile, external_info, graph_tensors, tensor_nbytes, uses_external_data
+from .onnx_graph import GraphFile, external_info, graph_tensors, inline_span, tensor_nbytes, uses_external_data
 
 SCATTERED_THRESHOLD = 2  # more distinct files than this (per model) counts as scattered
 SMALL_TENSOR = 1024  # onnx.save's default size_threshold; see weights.ONNX_THRESHOLD
@@ -45,7 +45,7 @@ class ExternalFile:
 
     def __post_init__(self):
         if self.real is None:
-            self.real = Path(os.path.realpath(self.path))
+            self.real = self.path if self.outside else Path(os.path.realpath(self.path))
 
     def to_json(self) -> dict:
         return {
@@ -116,7 +116,10 @@ def external_refs(g: GraphFile) -> tuple[list[ExternalRef], int]:
     refs: list[ExternalRef] = []
     inline = 0
     for t in graph_tensors(g.model.graph):
-        if uses_external_data(t):
+        span = inline_span(g, t)  # a skeleton's inline tensor (protostream.py): inline, not a weights file
+        if span is not None:
+            inline += span.length
+        elif uses_external_data(t):
             info = external_info(t)
             length = int(info["length"]) if "length" in info else None
             refs.append(

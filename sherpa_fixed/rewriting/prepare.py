@@ -12,7 +12,6 @@ failed verification restores the original.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -28,13 +27,22 @@ from .. import __version__
 from ..decoding.sherpa_check import run_sherpa
 from ..errors import EXIT_NEEDS_FIX, EXIT_OK, BadInputError, NeedsFixError, SherpaFixedError
 from ..reading.confine import inside, is_inside
-from ..reading.external_data import ExternalAudit, is_absolute_location, resolve_location
-from ..reading.findings import CANNOT_WORK
+from ..reading.external_data import ExternalAudit, escapes_folder, is_absolute_location, resolve_location
+from ..reading.findings import CANNOT_WORK, next_steps
 from ..reading.inspector import FolderReport, VariantReport, inspect_folder
 from ..reading.metadata import PREPARED_BY_KEY
-from ..reading.onnx_graph import GraphFile, external_info, graph_tensors, load_graph, uses_external_data
+from ..reading.onnx_graph import (
+    GraphFile,
+    external_info,
+    graph_tensors,
+    inline_span,
+    load_graph,
+    materialize,
+    uses_external_data,
+)
 from ..reading.probe import EncoderProbe, probe_encoder
-from . import journal
+from . import journal, stream_rewrite
+from . import posenc as _posenc
 from .atomic import (
     PREFIX,
     check_free_space,
@@ -49,7 +57,7 @@ from .atomic import (
 from .lock import DEFAULT_WAIT, folder_locks
 from .verify import Check, byte_proof, run_proof, window_proof
 from .weights import ONNX_THRESHOLD, WeightMove, plan_moves, set_inline, write_weights_file
-from .windowing import WindowParams, window_encoder, window_params
+from .windowing import DEFAULT_DYNAMIC_WINDOW_S, WindowParams, window_encoder, window_params
 
 PROTOBUF_LIMIT = (2 << 30) - (64 << 20)  # 2 GiB, with room for the graph itself
 RUN_PROOF_LIMIT = 1 << 30  # models above this are byte-proven unless their graph changed or --verify full
@@ -87,6 +95,7 @@ class FilePlan:
     weights: str = "keep"  # keep | relocate | inline_small | consolidate | inline
     weights_name: str | None = None
     window: WindowParams | None = None  # --window: the fixed-T graph becomes a Loop over windows
+    posenc: _posenc.PosencPlan | None = None  # --max-seconds: a longer relative positional table
     changes: list[Change] = field(default_factory=list)
 
     @property
@@ -209,10 +218,10 @@ def _plan_weights(fp: FilePlan, users: dict[Path, set[Path]], inline: bool) -> N
                                  + (" ..." if len(files) > 3 else ""), fp.weights_name, why))
         return
     only = files[0]
-    if is_absolute_location(only.location):
+    if is_absolute_location(only.location) or escapes_folder(only.location):
         fp.weights = "relocate"
         fp.changes.append(Change(fp.name, "weights", "location", only.location, only.path.name,
-                                 "onnxruntime >= 1.28 refuses absolute locations"))
+                                 "onnxruntime >= 1.28 refuses absolute locations and locations with '..'"))
     small = [r for r in _refs(fp) if (r.length or 0) < ONNX_THRESHOLD]
     if small:
         fp.weights = "relocate" if fp.weights == "relocate" else "inline_small"
@@ -262,6 +271,9 @@ def _plan_dims(fp: FilePlan, v: VariantReport, probe: EncoderProbe | None, block
                warnings: list[str], window: dict | None = None) -> None:
     audio = v.encoder.inputs[0]
     time, batch = audio.axis("time"), audio.axis("batch")
+    if window is not None and time is not None and not time.fixed:
+        _plan_dynamic_window(fp, v, window)
+        return
     if window is not None and time is not None and time.fixed:
         sf = v.measured.get("subsampling_factor") or 8
         fp.window = window_params(time.size, sf, hop_seconds=window.get("hop"), context_seconds=window.get("context"))
@@ -287,12 +299,67 @@ def _plan_dims(fp: FilePlan, v: VariantReport, probe: EncoderProbe | None, block
                                          "declared only: the graph runs at other sizes (probe)"))
 
 
-def plan_prepare(report: FolderReport, *, inline: bool = False, window: dict | None = None) -> Plan:
+def _plan_dynamic_window(fp: FilePlan, v: VariantReport, window: dict) -> None:
+    """--window on a dynamic encoder: windows of window["seconds"] (default measured, docs/long-audio.md)."""
+    if v.window is not None:
+        return  # already windowed by sherpa-fixed: nothing to do (idempotent)
+    sf = v.measured.get("subsampling_factor") or 8
+    seconds = window.get("seconds") or DEFAULT_DYNAMIC_WINDOW_S
+    frames = max(1, round(seconds * 100 / sf)) * sf
+    tables = _posenc.find_tables(fp.graph.model.graph)
+    limit = min((t.max_frames for t in tables), default=None)
+    if limit is not None and frames > limit * sf:
+        raise BadInputError(f"a {seconds:g} s window is longer than the encoder's positional limit "
+                            f"({_posenc.limit_seconds(limit, sf):g} s)", path=fp.graph.path,
+                            fix="choose a shorter --window-seconds")
+    fp.window = window_params(frames, sf, hop_seconds=window.get("hop"), context_seconds=window.get("context"))
+    p = fp.window
+    fp.changes.append(Change(fp.name, "window", "time axis", "dynamic, full attention over the whole input",
+                             f"windows of {p.window} frames ({p.window / 100:g} s), hop {p.hop} ({p.hop / 100:g} s), "
+                             f"context {p.context} ({p.context / 100:g} s) each side",
+                             "--window: attention per window, so any length decodes in bounded encoder memory"))
+
+
+def _plan_posenc(fp: FilePlan, v: VariantReport, max_seconds: float, warnings: list[str]) -> None:
+    """--max-seconds: extend every positional table that serves fewer frames than asked for."""
+    time = v.time_axis()
+    if time is not None and time.fixed:
+        raise BadInputError(f"--max-seconds is for dynamic encoders; this one's time axis is fixed at {time.size} "
+                            "frames", path=fp.graph.path, fix="use prepare --window for static-shape encoders")
+    if max_seconds <= 0:
+        raise BadInputError("--max-seconds must be positive")
+    sf = v.measured.get("subsampling_factor") or 8
+    tables = _posenc.find_tables(fp.graph.model.graph)
+    if not tables:
+        warnings.append(f"{fp.name}: no NeMo relative positional table found; nothing in the graph caps its "
+                        "length that sherpa-fixed knows of, so --max-seconds changes nothing")
+        return
+    frames = _posenc.frames_for(max_seconds, sf)
+    short = [t for t in tables if t.max_frames < frames]
+    if not short:
+        return  # already long enough: idempotent
+    t = short[0]
+    size = fp.graph.size + sum(_posenc.table_bytes(frames, x.d_model) for x in short)
+    if size > PROTOBUF_LIMIT:
+        raise BadInputError(f"--max-seconds {max_seconds:g} needs a {size / 1e9:.2f} GB graph, over protobuf's "
+                            "2 GiB limit", path=fp.graph.path, fix="use prepare --window for audio that long")
+    fp.posenc = _posenc.PosencPlan(float(max_seconds), frames, sf)
+    fp.changes.append(Change(fp.name, "posenc", "positional table",
+                             f"{t.max_frames} output frames ({_posenc.limit_seconds(t.max_frames, sf):g} s)",
+                             f"{frames} frames ({_posenc.limit_seconds(frames, sf):g} s)",
+                             "--max-seconds: new rows from NeMo's RelPositionalEncoding formula, stored rows "
+                             "kept bit-identical"))
+
+
+def plan_prepare(report: FolderReport, *, inline: bool = False, window: dict | None = None,
+                 max_seconds: float | None = None) -> Plan:
     """Decide every change from an inspect report; writes nothing."""
     refuse_outside(report)
     if report.verdict.code == CANNOT_WORK:
         raise BadInputError("cannot be prepared: " + "; ".join(report.verdict.reasons[:3]),
-                            path=report.layout.root, fix="fix these at the source (re-export or re-download)")
+                            path=report.layout.root,
+                            fix="; ".join(next_steps([f for v in report.variants for f in v.findings],
+                                                     str(report.layout.root))))
     users = _usage(report)
     plans: dict[Path, FilePlan] = {}
     warnings: list[str] = []
@@ -317,16 +384,20 @@ def plan_prepare(report: FolderReport, *, inline: bool = False, window: dict | N
                     if probe.time_baked is not None and time is not None:
                         time.baked = probe.time_baked
                 _plan_dims(fp, v, probe, blockers, warnings, window)
+                if max_seconds is not None:
+                    _plan_posenc(fp, v, max_seconds, warnings)
     files = list(plans.values())
     for fp in files:
         if fp.changed:
             record = {"version": __version__,
                       "changed": sorted({c.what for c in fp.changes})}
             fp.metadata[PREPARED_BY_KEY] = json.dumps(record, sort_keys=True)
-    for v in report.variants:
-        if v.recipe is None and any(c.kind == "metadata" for f in files for c in f.changes):
-            warnings.append(f"[{v.name}] model family not recognised ({v.recipe_reason}): normalize_type and url "
-                            "come from NeMo defaults; add a recipe in patches/ if you know the family")
+    for v in report.variants:  # name only the keys really written from a default, not measured ones
+        defaulted = sorted({c.what for f in files for c in f.changes if c.kind == "metadata" and "default" in c.why})
+        if v.recipe is None and defaulted:
+            warnings.append(f"[{v.name}] model family not recognised ({v.recipe_reason}): {' and '.join(defaulted)} "
+                            f"{'comes' if len(defaulted) == 1 else 'come'} from defaults, not from a recipe; add a "
+                            "recipe in patches/ if you know the family")
             break
     return Plan(report, files, list(dict.fromkeys(warnings)), list(dict.fromkeys(blockers)))
 
@@ -337,13 +408,18 @@ def plan_prepare(report: FolderReport, *, inline: bool = False, window: dict | N
 def _rewrite_graph(fp: FilePlan, out_dir: Path, progress: Progress | None, durable: bool) -> tuple[Path, Path | None]:
     """Write the new graph and, when consolidating, its new weights file, both under temp names in
     out_dir; return their paths. Only one graph proto and its serialization are alive at a time."""
-    model = copy.deepcopy(fp.graph.model)  # a C-level copy; the original stays for verification
+    if stream_rewrite.applies(fp):  # metadata/dims only: a kernel byte copy, the graph never parsed whole
+        return stream_rewrite.rewrite_streamed(fp.graph, out_dir / fp.name, fp.metadata, fp.freed,
+                                               durable=durable, progress=progress), None
+    model = materialize(fp.graph)  # a C-level copy with every tensor's bytes; the original stays for verification
     for key, value in fp.metadata.items():
         existing = next((p for p in model.metadata_props if p.key == key), None)
         if existing is None:
             existing = model.metadata_props.add()
             existing.key = key
         existing.value = value
+    if fp.posenc is not None:
+        _posenc.extend_model(model, fp.graph.path, fp.posenc)
     if fp.window is not None:
         model = window_encoder(model, fp.window)
     if fp.freed:
@@ -429,6 +505,10 @@ def _verify(plan: Plan, target: Path, mode: str, progress: Progress | None) -> l
             checks.append(window_proof(fp.graph, new_path, fp.window, [w, max(1, w // 3), 2 * w + 13, 3 * w + 5],
                                        feat or fp.graph.inputs[0].fixed(1) or 80))
             continue
+        if fp.posenc is not None:
+            checks.append(_posenc.posenc_proof(fp.graph, new_path, fp.posenc, feat or 80,
+                                               run=mode == "full" or (mode == "auto" and not big)))
+            continue
         if fp.freed or mode == "full" or (mode == "auto" and not big):
             time_freed = any("time" in c.what for c in fp.changes if c.kind == "dims")
             batch_freed = any("batch" in c.what for c in fp.changes if c.kind == "dims")
@@ -437,6 +517,9 @@ def _verify(plan: Plan, target: Path, mode: str, progress: Progress | None) -> l
                                     extra_frames=[native // 2, native * 2] if time_freed and native else None,
                                     extra_batches=[2] if batch_freed else None, feat_dim=feat, vocab=vocab))
         if fp.weights in ("consolidate", "relocate", "inline_small", "inline") or (mode == "fast" or big):
+            if stream_rewrite.applies(fp):  # compared byte for byte, never parsed whole
+                checks.append(stream_rewrite.streamed_proof(fp.graph, new_path, fp.metadata, fp.freed))
+                continue
             new_model = onnx.load(str(new_path), load_external_data=False)
             checks.append(byte_proof(fp.graph, new_model, new_path, fp.freed))
     # sherpa-onnx itself loads every model set and decodes: 1 s of audio, or for an encoder whose
@@ -481,6 +564,8 @@ def prepare_folder(
     hop: float | None = None,
     context: float | None = None,
     wait: float = DEFAULT_WAIT,
+    window_seconds: float | None = None,
+    max_seconds: float | None = None,
 ) -> PrepareResult:
     """Plan and apply the rewrite; see the module docstring. Raises SherpaFixedError on bad input.
 
@@ -498,8 +583,11 @@ def prepare_folder(
         raise BadInputError("say where to write: --output DIR, or --in-place", path=source)
     if in_place and output is not None:
         raise BadInputError("--in-place and --output exclude each other")
-    if not window and (hop is not None or context is not None):
-        raise BadInputError("--hop and --context go with --window")
+    if not window and (hop is not None or context is not None or window_seconds is not None):
+        raise BadInputError("--hop, --context and --window-seconds go with --window")
+    if window and max_seconds is not None:
+        raise BadInputError("--window and --max-seconds are two answers to long audio; choose one",
+                            fix="--window: bounded memory at any length; --max-seconds: one pass up to N s")
     out_path = Path(output) if output is not None else None
     if out_path is not None:
         check_output(source, out_path, force)
@@ -516,7 +604,8 @@ def prepare_folder(
                 sweep_stale(_output_parent(out_path))
         t0 = time.perf_counter()
         report = report if (dry_run and report is not None) else inspect_folder(source)
-        plan = plan_prepare(report, inline=inline, window={"hop": hop, "context": context} if window else None)
+        plan = plan_prepare(report, inline=inline, max_seconds=max_seconds,
+                            window={"hop": hop, "context": context, "seconds": window_seconds} if window else None)
         seconds = {"plan": time.perf_counter() - t0}
         target = out_path if out_path is not None else source
         mode = "dry-run" if dry_run else ("in-place" if in_place else "output")
@@ -589,8 +678,9 @@ def _referenced(model_path: Path) -> set[str]:
     """Names of the files beside `model_path` that its graph's external data points at (Constant nodes too)."""
     here = Path(os.path.abspath(model_path)).parent
     out = set()
-    for t in graph_tensors(load_graph(model_path).model.graph):
-        if uses_external_data(t):
+    g = load_graph(model_path)
+    for t in graph_tensors(g.model.graph):
+        if uses_external_data(t) and inline_span(g, t) is None:  # a skeleton's inline bytes are no weights file
             p = Path(os.path.abspath(resolve_location(model_path, external_info(t).get("location", ""))))
             if p.parent == here:
                 out.add(p.name)
@@ -648,6 +738,24 @@ def _apply_in_place(plan: Plan, result: PrepareResult, verify: str, progress: Pr
                 os.replace(weights_tmp, folder / fp.weights_name)
                 result.written.append(fp.weights_name)
         fsync_dir(folder)
+        # onnxruntime >= 1.28 refuses external data that resolves outside the folder of the resolved graph
+        # file: once a snapshot's graph link becomes a real file, the weights links into blobs/ must become
+        # real entries too (a hard link to the blob: no bytes copied, the blob itself untouched).
+        for fp, _graph_tmp, _ in staged:
+            if fp.weights in ("consolidate", "inline"):
+                continue
+            for f in fp.audit.files:
+                entry = folder / f.path.name
+                if Path(os.path.abspath(f.path)).parent != Path(os.path.abspath(folder)) or not entry.is_symlink() \
+                        or entry.name in j.backups:
+                    continue
+                backup = temp_path(entry, "bak")
+                j.backups[entry.name] = backup.name
+                j.save()
+                os.link(entry, backup, follow_symlinks=False)
+                real_tmp = temp_path(entry)
+                link_or_copy(Path(os.path.realpath(entry)), real_tmp)
+                os.replace(real_tmp, entry)
         # Then each graph, atomically, keeping a hard-linked backup of the original to restore from. The
         # backup links the directory entry itself (a Hugging Face snapshot's symlink stays a symlink).
         for fp, graph_tmp, _ in staged:
