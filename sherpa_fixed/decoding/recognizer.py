@@ -36,7 +36,7 @@ import sherpa_onnx
 from ..errors import BadInputError
 from ..reading.layout import find_layout
 from ..reading.metadata import atoi
-from ..reading.onnx_graph import read_signature
+from ..reading.onnx_graph import Signature, read_signature
 from ..rewriting.windowing import WINDOW_MARKER
 from .audio import Resampler
 from .chunker import (
@@ -76,9 +76,11 @@ class Chunking:
 
 def chunking_for(encoder: str | os.PathLike, *, sample_rate: int = 16000, frame_shift_ms: float = 10.0,
                  window_seconds: float | None = None, overlap_seconds: float | None = None,
-                 max_batch: int | None = None) -> Chunking:
-    """Window parameters for an encoder, from its signature and metadata (no weights read)."""
-    sig = read_signature(encoder)
+                 max_batch: int | None = None, signature: Signature | None = None) -> Chunking:
+    """Window parameters for an encoder, from its signature and metadata (no weights read).
+
+    signature: the encoder's, when the caller has read it already (one read per load)."""
+    sig = signature or read_signature(encoder)
     if not sig.inputs or len(sig.inputs[0].dims) != 3:
         raise BadInputError("the encoder's first input is not (batch, mel, time)", path=encoder,
                             fix="this recognizer windows NeMo transducer encoders only")
@@ -110,22 +112,40 @@ def chunking_for(encoder: str | os.PathLike, *, sample_rate: int = 16000, frame_
     return Chunking(WindowSpec(window, overlap, grid, fixed is not None), fixed, batch, sample_rate, hop)
 
 
-def preflight(encoder: str, decoder: str, joiner: str, tokens: str) -> None:
+def preflight(encoder: str, decoder: str, joiner: str, tokens: str) -> Signature:
     """Raise what sherpa-onnx would refuse, before it can: it reports a bad model by exit(-1),
-    which would end the whole Python process (csrc/macros.h, SHERPA_ONNX_EXIT)."""
+    which would end the whole Python process (csrc/macros.h, SHERPA_ONNX_EXIT).
+
+    Reads the three signatures only (never a tensor); returns the encoder's for chunking_for."""
     from ..reading.measure import measure_signatures
     from ..reading.metadata import sherpa_first_error
     from ..reading.tokens import read_tokens
 
+    refuse_outside_weights(encoder, decoder, joiner)
     enc, dec, joi = read_signature(encoder), read_signature(decoder), read_signature(joiner)
     error = sherpa_first_error(enc.metadata, measure_signatures(enc, dec, joi), read_tokens(tokens))
     if error:
+        from ..reading.findings import advice_for  # the advice inspect and prepare give (issue 11)
+
+        steps = advice_for([encoder, decoder, joiner], encoder=encoder, decoder=decoder, joiner=joiner, tokens=tokens)
         raise BadInputError(f"sherpa-onnx would refuse this model: {error}", path=encoder,
-                            fix=f"run: sherpa-fixed prepare {Path(encoder).parent} --in-place")
+                            fix="; ".join(steps) or None)
+
+
+def refuse_outside_weights(*models: str) -> None:
+    """External data that resolves outside a model's folder is never handed to onnxruntime (confine.py)."""
+    from ..reading.external_data import audit_external_data
+    from ..reading.onnx_graph import load_graph
+
+    for path in models:
+        for ref, f in audit_external_data(load_graph(path)).outside:
+            raise BadInputError(f"tensor {ref.tensor!r} has external location {ref.location!r}, which {f.outside}",
+                                path=path, fix="sherpa-fixed reads only files inside the model folder; put the "
+                                "weights file beside the model (re-download or re-export it)")
 
 
 def _absolute(path):
-    return str(Path(path).resolve()) if path else path
+    return os.path.abspath(path) if path else path  # not resolve(): a Hugging Face snapshot link must stay a link
 
 
 class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
@@ -157,8 +177,7 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
             if kwargs.get(key):
                 kwargs[key] = _absolute(kwargs[key])
         model_type = kwargs.get("model_type", "transducer")
-        if model_type == "nemo_transducer":
-            preflight(encoder, decoder, joiner, tokens)
+        signature = preflight(encoder, decoder, joiner, tokens) if model_type == "nemo_transducer" else None
         with session_model_dir(weights_folder(encoder, decoder, joiner)):
             self = super().from_transducer(encoder, decoder, joiner, tokens, *args, **kwargs)
         if model_type in ("nemo_transducer", "") or model_type is None:
@@ -166,7 +185,8 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
             self._chunking = chunking_for(encoder, sample_rate=feat.sampling_rate,
                                           frame_shift_ms=getattr(feat, "frame_shift_ms", 10.0),
                                           window_seconds=window_seconds,
-                                          overlap_seconds=overlap_seconds, max_batch=max_batch)
+                                          overlap_seconds=overlap_seconds, max_batch=max_batch,
+                                          signature=signature)
         return self
 
     @classmethod
@@ -231,23 +251,38 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
                               s._window_results)
 
     def _decode_pending(self, streams: list[OfflineStream]) -> None:
-        """Decode every planned window of these streams, `batch` windows per sherpa-onnx call."""
+        """Decode every planned window of these streams, up to `batch` windows of ONE length per call.
+
+        sherpa-onnx pads every stream of a decode_streams batch with zero frames to the longest
+        one and runs the encoder over the padding (offline-recognizer-transducer-nemo-impl.h,
+        DecodeStreams: PadSequence), so a 4 s window batched with 30 s ones costs 30 s of encoder
+        time. Windows are grouped by their exact sample count (equal samples, equal frames), and
+        results are absorbed in each stream's window order afterwards.
+        """
         batch = self._chunking.batch
         queue = [(s, w) for s in streams for w in s._take_ready()]
-        while queue:
-            group, queue = queue[:batch], queue[batch:]
-            raws = []
-            for s, (_win, samples) in group:
-                s._decoded += len(samples)
-                raw = self._raw_stream(s._hotwords)
-                raw.accept_waveform(self._chunking.sample_rate, samples)
-                raws.append(raw)
-            if len(raws) > 1:
-                super().decode_streams(raws)
-            else:
-                super().decode_stream(raws[0])
-            for (s, (win, _samples)), raw in zip(group, raws, strict=True):
-                s._absorb(win, raw.result)
+        by_length: dict[int, list[int]] = {}
+        for i, (_s, (_win, samples)) in enumerate(queue):
+            by_length.setdefault(len(samples), []).append(i)
+        results: dict[int, object] = {}
+        for members in by_length.values():
+            for j in range(0, len(members), batch):
+                group = members[j:j + batch]
+                raws = []
+                for i in group:
+                    s, (_win, samples) = queue[i]
+                    s._decoded += len(samples)
+                    raw = self._raw_stream(s._hotwords)
+                    raw.accept_waveform(self._chunking.sample_rate, samples)
+                    raws.append(raw)
+                if len(raws) > 1:
+                    super().decode_streams(raws)
+                else:
+                    super().decode_stream(raws[0])
+                for i, raw in zip(group, raws, strict=True):
+                    results[i] = raw.result
+        for i, (s, (win, _samples)) in enumerate(queue):
+            s._absorb(win, results.pop(i))
 
 
 class OfflineStream:
@@ -366,16 +401,16 @@ class OfflineStream:
             raise BadInputError("no audio was accepted into this stream", fix="call accept_waveform first")
 
     def _cuttable(self) -> list[Window]:
-        """Windows that every plan for any final length >= what has arrived contains unchanged.
+        """Full windows that every plan for any final length >= what has arrived contains unchanged.
 
-        A full window at s keeps up to the middle of its overlap with the window at s + hop;
-        that neighbour is certain once audio reaches past s + hop + W (fixed windows: otherwise
-        the final window could slide back and move the split) or past s + W (dynamic ones).
+        A full window at s keeps up to the middle of its overlap with the window at s + hop; it is
+        a full window of the final plan once more than s + hop + W samples have arrived (otherwise
+        [s, end) is the final stretch: one slid-back window for fixed encoders, two equal ones for
+        dynamic ones; chunker.plan_windows).
         """
         spec = self._c.spec
-        margin = spec.hop if spec.fixed else 0
         out, s, index = [], self._next_start, self._next_index
-        while s + margin + spec.window < self._n:
+        while s + spec.hop + spec.window < self._n:
             out.append(Window(index, s, spec.window, 0, self._keep_from, regular_keep_to(s, spec)))
             s += spec.hop
             index += 1
