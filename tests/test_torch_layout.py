@@ -19,8 +19,9 @@ from sherpa_fixed.decoding.sherpa_check import run_sherpa
 from sherpa_fixed.reading.onnx_graph import external_info, load_graph, uses_external_data
 from sherpa_fixed.rewriting.prepare import prepare_folder
 from sherpa_fixed.rewriting.verify import byte_proof
+from sherpa_fixed.rewriting.weights import set_external
 
-from .test_prepare import assert_bit_identical, snapshot
+from .test_prepare import assert_bit_identical, outputs, snapshot
 
 SMALL = {"encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt"}
 
@@ -140,3 +141,31 @@ def test_byte_proof_sees_an_inline_constant_value_changed(torch_folder, tmp_path
     check = byte_proof(original, changed, out / "encoder.onnx")
     assert not check.ok and "differs at byte" in check.detail
 
+
+
+@pytest.mark.parametrize("verify", ["auto", "fast"])
+def test_byte_proof_reads_a_skeleton_original_from_its_pinned_file(make_folder, monkeypatch, verify):
+    """A large self-contained file is read as a skeleton (its inline tensors described as external
+    data at the file itself, reading/protostream.py). After an in-place rename that path names the new
+    file, so the proof must read the original's bytes from its pinned inode: read by path it compares
+    the new file with itself at the old offsets (a false failure, or a lost tensor passed as unmoved).
+    Here one small external tensor makes prepare rewrite the weights (inline_small), so the byte
+    proof, not the streamed one, judges the result."""
+    from sherpa_fixed.reading import onnx_graph
+
+    monkeypatch.setattr(onnx_graph, "SKELETON_AT", 1, raising=False)  # every file read as a skeleton
+    folder = make_folder(metadata="missing", d_model=64)  # self-contained; ff weights 32 KB each
+    model = onnx.load(str(folder / "encoder.onnx"))
+    small = next(t for t in model.graph.initializer if 0 < len(t.raw_data) < 1024)
+    (folder / "encoder.small").write_bytes(small.raw_data)
+    set_external(small, "encoder.small", 0, len(small.raw_data))
+    onnx.save(model, str(folder / "encoder.onnx"))
+    before = folder / "before.onnx"
+    before.write_bytes((folder / "encoder.onnx").read_bytes())
+    (folder / "before.small").write_bytes((folder / "encoder.small").read_bytes())
+    want = outputs(before, "encoder")
+    result = prepare_folder(folder, in_place=True, verify=verify)
+    assert result.exit_code == 0, [c.detail for c in result.checks]
+    assert "bytes" in {c.kind for c in result.checks} and all(c.ok for c in result.checks)
+    got = outputs(folder / "encoder.onnx", "encoder")
+    assert all(np.array_equal(a, b) for a, b in zip(want, got, strict=True))

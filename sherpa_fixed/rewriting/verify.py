@@ -71,6 +71,21 @@ def feeds_for(role: str, g: GraphFile, *, frames: int | None = None, batch: int 
     return feeds
 
 
+def _runnable(original: GraphFile) -> onnx.ModelProto:
+    """The original's model with every tensor's bytes where onnxruntime will find them.
+
+    A skeleton (reading/protostream.py) points its large inline tensors at its own path; after an
+    in-place rename that path is the NEW file, so onnxruntime would read the new bytes (or garbage)
+    as the original's. Its bytes come back from the pinned original instead. Run proofs are for
+    models under RUN_PROOF_LIMIT or asked for with --verify full, so this costs the model's size once.
+    """
+    if getattr(original, "skeleton", False):
+        from ..reading.onnx_graph import materialize
+
+        return materialize(original)
+    return original.model
+
+
 def _identical(a: list[np.ndarray], b: list[np.ndarray]) -> str | None:
     if len(a) != len(b):
         return f"{len(a)} outputs vs {len(b)}"
@@ -97,7 +112,7 @@ def run_proof(
     """Bit-identical outputs at the original's shapes; then, for freed dims, runs at other sizes."""
     name = new_path.name
     try:
-        orig = session_from_model(original.model, original.path)
+        orig = session_from_model(_runnable(original), original.path)
     except Exception as exc:
         return Check(name, "run", False, f"the original does not load in onnxruntime: {first_line(exc)}")
     feeds = feeds_for(role, original, feat_dim=feat_dim, vocab=vocab)
@@ -117,7 +132,7 @@ def run_proof(
         # kernels differently (a LayerNorm reduction order, say): the graphs are the same if their
         # unoptimized runs are bit-identical.
         # One session at a time: each may hold the model's weights.
-        want = session_from_model(original.model, original.path, optimize=False).run(None, feeds)
+        want = session_from_model(_runnable(original), original.path, optimize=False).run(None, feeds)
         unopt = _identical(want, session_from_path(new_path, optimize=False).run(None, feeds))
         runs.append({"inputs": shape, "optimizations": "off", "identical": unopt is None})
         if unopt is None:
@@ -205,8 +220,34 @@ def _without_storage(node: onnx.NodeProto) -> onnx.NodeProto:
     return out
 
 
-def _tensor_reader(model_path: Path):
-    """read(tensor, start, n) -> a view of n bytes of the tensor, into one reused buffer per reader."""
+class _EndsEarly(Exception):
+    def __init__(self, path: Path):
+        self.path = path
+
+
+def _skeleton_span(g: GraphFile | None, t: onnx.TensorProto):
+    """Where an inline tensor of a skeleton-read graph (reading/protostream.py) really is, else None.
+
+    A skeleton describes a large inline tensor as external data at its own file. After an in-place
+    rewrite that path names the NEW file, so those bytes must be read from the original's pinned
+    descriptor, never by path (and never taken as "unmoved" because the path is the same).
+    """
+    if g is None or not getattr(g, "inline_spans", None) or not uses_external_data(t):
+        return None
+    info = external_info(t)
+    if info.get("location") != g.path.name:
+        return None
+    try:
+        return g.inline_spans.get(int(info.get("offset", "-1")))
+    except ValueError:
+        return None
+
+
+def _tensor_reader(model_path: Path, graph: GraphFile | None = None):
+    """read(tensor, start, n) -> a view of n bytes of the tensor, into one reused buffer per reader.
+
+    `graph`: the original's GraphFile, whose skeleton tensors are read from its pinned file.
+    """
     handles: dict[Path, object] = {}
     buf = bytearray(CHUNK)
 
@@ -214,6 +255,13 @@ def _tensor_reader(model_path: Path):
         """A uint8 view of the bytes (no copy); compared with numpy, as fast as memcmp."""
         if not uses_external_data(t):
             return np.frombuffer(t.raw_data, dtype=np.uint8, count=n, offset=start)
+        span = _skeleton_span(graph, t)
+        if span is not None:
+            pinned = graph.pin()
+            got = os.preadv(pinned.fd, [memoryview(buf)[:n]], span.offset + start)
+            if got < n:
+                raise _EndsEarly(pinned.path)
+            return np.frombuffer(buf, dtype=np.uint8, count=got)
         info = external_info(t)
         path = resolve_location(model_path, info.get("location", ""))
         f = handles.get(path)
@@ -221,6 +269,8 @@ def _tensor_reader(model_path: Path):
             f = handles[path] = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
         f.seek(int(info.get("offset", "0") or 0) + start)
         got = f.readinto(memoryview(buf)[:n])
+        if got < n:
+            raise _EndsEarly(path)
         return np.frombuffer(buf, dtype=np.uint8, count=got)
 
     def close() -> None:
@@ -249,7 +299,7 @@ def byte_proof(original: GraphFile, new_model: onnx.ModelProto, new_path: Path,
     if where:
         return Check(name, "bytes", False, f"the rewritten graph differs from the original beyond metadata and "
                                            f"weight locations ({where})")
-    read_a, close_a = _tensor_reader(original.path)
+    read_a, close_a = _tensor_reader(original.path, original)
     read_b, close_b = _tensor_reader(new_path)
     compared = same_place = 0
     try:
@@ -257,7 +307,7 @@ def byte_proof(original: GraphFile, new_model: onnx.ModelProto, new_path: Path,
             n = _nbytes(ta)
             if _nbytes(tb) != n:
                 return Check(name, "bytes", False, f"tensor {ta.name!r} has {_nbytes(tb)} bytes, was {n}")
-            if _same_place(ta, original.path, tb, new_path):
+            if _same_place(ta, original, tb, new_path):
                 same_place += n  # the very same bytes of the very same file (inode): nothing to compare
                 continue
             pos = 0
@@ -267,6 +317,8 @@ def byte_proof(original: GraphFile, new_model: onnx.ModelProto, new_path: Path,
                     return Check(name, "bytes", False, f"tensor {ta.name!r} differs at byte {pos}")
                 pos += k
             compared += n
+    except _EndsEarly as exc:
+        return Check(name, "bytes", False, f"tensor {ta.name!r}: {exc.path.name} ends before its bytes do")
     except OSError as exc:
         return Check(name, "bytes", False, f"cannot read weights: {exc}")
     finally:
@@ -278,18 +330,32 @@ def byte_proof(original: GraphFile, new_model: onnx.ModelProto, new_path: Path,
     return Check(name, "bytes", True, detail)
 
 
-def _same_place(ta: onnx.TensorProto, path_a: Path, tb: onnx.TensorProto, path_b: Path) -> bool:
+def _same_place(ta: onnx.TensorProto, original: GraphFile, tb: onnx.TensorProto, path_b: Path) -> bool:
+    """True when both tensors are the very same bytes of the very same file (inode), so nothing to compare.
+
+    Files are compared by inode, not by path: after an in-place rename the original model's path
+    names the new file, while a skeleton's bytes stay in the original's pinned inode.
+    """
     if not (uses_external_data(ta) and uses_external_data(tb)):
         return False
     ia, ib = external_info(ta), external_info(tb)
-    if (ia.get("offset", "0"), ia.get("length")) != (ib.get("offset", "0"), ib.get("length")):
+    span = _skeleton_span(original, ta)
+    if span is not None:
+        where_a = (span.offset, span.length)
+    else:
+        where_a = (int(ia.get("offset", "0") or 0), int(ia["length"]) if "length" in ia else None)
+    where_b = (int(ib.get("offset", "0") or 0), int(ib["length"]) if "length" in ib else None)
+    if where_a != where_b:
         return False
-    fa = resolve_location(path_a, ia.get("location", ""))
-    fb = resolve_location(path_b, ib.get("location", ""))
     try:
-        return os.path.samefile(fa, fb)
+        if span is not None:
+            sa = os.fstat(original.pin().fd)
+        else:
+            sa = os.stat(resolve_location(original.path, ia.get("location", "")))
+        sb = os.stat(resolve_location(path_b, ib.get("location", "")))
     except OSError:
         return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def window_proof(original: GraphFile, new_path: Path, params, lengths: list[int], feat_dim: int) -> Check:
@@ -303,7 +369,7 @@ def window_proof(original: GraphFile, new_path: Path, params, lengths: list[int]
 
     name = new_path.name
     try:
-        orig = session_from_model(original.model, original.path, optimize=False)
+        orig = session_from_model(_runnable(original), original.path, optimize=False)
         new = session_from_path(new_path, optimize=False)
     except Exception as exc:
         return Check(name, "window", False, f"does not load: {first_line(exc)}")
