@@ -7,8 +7,9 @@ answered by the graph alone, so the weights are never opened here.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -16,6 +17,11 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
 from ..errors import BadInputError
+from . import protostream
+from .protostream import Pinned, Span
+
+SKELETON_AT = 64 << 20
+"""Files this big or bigger are read as a skeleton (protostream.py): their large inline tensors stay in the file."""
 
 Dim = int | str | None
 """One dimension: an int when fixed, the dim_param name when symbolic, None when unnamed."""
@@ -53,10 +59,25 @@ class GraphFile:
     metadata: dict[str, str]
     opset: int | None
     producer: str
+    # Skeleton files only: raw_data offset -> where that inline tensor's bytes are (see inline_span).
+    inline_spans: dict[int, Span] = field(default_factory=dict, repr=False)
+    # The file's inode, held open so a rename over the path does not change what the spans read.
+    pinned: Pinned | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def skeleton(self) -> bool:
+        """True when some inline tensors were left in the file (their protos say external, at this file)."""
+        return bool(self.inline_spans)
+
+    def pin(self) -> Pinned:
+        """The file's bytes as they are now, whatever is later renamed over the path."""
+        if self.pinned is None:
+            self.pinned = Pinned(self.path)
+        return self.pinned
 
     def input(self, name: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.name == name), None)
@@ -97,8 +118,21 @@ def load_graph(path: str | Path) -> GraphFile:
     size = path.stat().st_size
     if size == 0:
         raise BadInputError("file is empty", path=path, fix="re-export or re-download it")
+    spans: dict[int, Span] = {}
+    pinned: Pinned | None = None
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = None
+        if size >= SKELETON_AT:
+            pinned = Pinned(path)
+            built = protostream.skeleton_bytes(pinned)
+            if built is not None:
+                model = ModelProto.FromString(built[0])
+                spans = built[1]
+            else:
+                pinned.close()
+                pinned = None
+        if model is None:
+            model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise BadInputError(
             f"not a readable ONNX file ({type(exc).__name__}: {(str(exc).splitlines() or ['parse error'])[0]})",
@@ -126,7 +160,39 @@ def load_graph(path: str | Path) -> GraphFile:
         metadata={p.key: p.value for p in model.metadata_props},
         opset=opset,
         producer=f"{model.producer_name} {model.producer_version}".strip(),
+        inline_spans=spans,
+        pinned=pinned,
     )
+
+
+def inline_span(g: GraphFile, t: TensorProto) -> Span | None:
+    """Where a skeleton tensor's inline bytes are, or None for any other tensor (truly external ones too)."""
+    if not g.inline_spans or not uses_external_data(t):
+        return None
+    info = external_info(t)
+    if info.get("location") != g.path.name:
+        return None
+    try:
+        return g.inline_spans.get(int(info.get("offset", "-1")))
+    except ValueError:
+        return None
+
+
+def materialize(g: GraphFile) -> ModelProto:
+    """A copy of the model with every tensor's bytes in it, as `onnx.load` would give.
+
+    For a skeleton this reads the left-out tensors back from the pinned file;
+    code that rewrites and re-serializes a graph needs this, code that reads
+    its structure does not.
+    """
+    model = copy.deepcopy(g.model)
+    if g.skeleton:
+        pinned = g.pin()
+        for t in graph_tensors(model.graph):
+            span = inline_span(g, t)
+            if span is not None:
+                protostream.restore(pinned, t, span)
+    return model
 
 
 def _attribute_tensors(attr: AttributeProto) -> Iterator[TensorProto]:
@@ -210,69 +276,40 @@ class Signature:
     metadata: dict[str, str]
 
 
-def _varint(buf, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf, start: int, end: int):
-    """(field number, wire type, value or (begin, end) of a length-delimited payload) over a message."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-            yield field, wire, value
-        elif wire == 2:
-            n, pos = _varint(buf, pos)
-            yield field, wire, (pos, pos + n)
-            pos += n
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-
-
 def read_signature(path: str | Path) -> Signature:
     """The graph's interface and metadata, reading only their bytes.
 
     A 1.1B int8 encoder.onnx holds a gigabyte of tensors inline; the
     recognizer only needs the audio input's shape and a few metadata keys.
-    The file is memory-mapped and walked field by field: tensor payloads are
-    skipped by their length prefix and never touched.
+    The file is walked field by field with positioned reads (protostream.py):
+    tensor payloads are skipped by their length prefix and never read.
     """
-    import mmap
-
     path = Path(path)
+    inputs, outputs, inits, meta = [], [], set(), {}
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            inputs, outputs, inits, meta = [], [], set(), {}
-            for field, wire, val in _fields(buf, 0, len(buf)):
-                if field == 14 and wire == 2:
-                    entry = onnx.StringStringEntryProto.FromString(buf[val[0]:val[1]])
+        pinned = Pinned(path)
+        try:
+            r = protostream.Reader(pinned)
+            for f in r.fields(0, r.size):
+                if f.num == protostream.MODEL_METADATA and f.wire == 2:
+                    entry = onnx.StringStringEntryProto.FromString(r.read(f.data, f.end))
                     meta[entry.key] = entry.value
-                elif field == 7 and wire == 2:
-                    for gfield, gwire, gval in _fields(buf, *val):
-                        if gwire != 2:
+                elif f.num == protostream.MODEL_GRAPH and f.wire == 2:
+                    for g in r.fields(f.data, f.end):
+                        if g.wire != 2:
                             continue
-                        if gfield == 11:
-                            inputs.append(spec_of(onnx.ValueInfoProto.FromString(buf[gval[0]:gval[1]])))
-                        elif gfield == 12:
-                            outputs.append(spec_of(onnx.ValueInfoProto.FromString(buf[gval[0]:gval[1]])))
-                        elif gfield == 5:
-                            for tfield, twire, tval in _fields(buf, *gval):
-                                if tfield == 8 and twire == 2:
-                                    inits.add(bytes(buf[tval[0]:tval[1]]).decode("utf-8", "replace"))
-    except (OSError, ValueError, IndexError, DecodeError) as exc:
+                        if g.num == protostream.GRAPH_INPUT:
+                            inputs.append(spec_of(onnx.ValueInfoProto.FromString(r.read(g.data, g.end))))
+                        elif g.num == protostream.GRAPH_OUTPUT:
+                            outputs.append(spec_of(onnx.ValueInfoProto.FromString(r.read(g.data, g.end))))
+                        elif g.num == protostream.GRAPH_INITIALIZER:
+                            for t in r.fields(g.data, g.end):
+                                if t.num == protostream.TENSOR_NAME and t.wire == 2:
+                                    inits.add(r.read(t.data, t.end).decode("utf-8", "replace"))
+                                    break
+        finally:
+            pinned.close()
+    except (OSError, ValueError, DecodeError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise BadInputError("file not found", path=path, fix="check the path") from exc
         raise BadInputError(f"not a readable ONNX file ({exc})", path=path,
