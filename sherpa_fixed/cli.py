@@ -217,13 +217,12 @@ def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, prov
 
     Exit code: 0 all files transcribed, 1 some failed, 2 the model cannot be used.
     """
-    from .decoding.recognizer import OfflineRecognizer
-    from .decoding.transcribe import to_srt, transcribe_file, transcript_document
+    from .decoding.transcribe import open_recognizer, to_srt, transcribe_file, transcript_document
 
     if as_json and srt:
         raise click.UsageError("choose one of --json and --srt")
-    recognizer = OfflineRecognizer.from_model_dir(model_dir, int8=int8, provider=provider, num_threads=num_threads,
-                                                  window_seconds=window_seconds, overlap_seconds=overlap_seconds)
+    recognizer = open_recognizer(model_dir, int8=int8, provider=provider, num_threads=num_threads,
+                                 window_seconds=window_seconds, overlap_seconds=overlap_seconds)
     out_dir = Path(output_dir) if output_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from .reading.axes import Port
-from .reading.findings import CANNOT_WORK, NEEDS_PREPARE, NEEDS_WINDOW, WORKS
+from .reading.findings import WORKS, next_steps
 from .reading.inspector import FolderReport, VariantReport
 from .rewriting.prepare import PrepareResult
 
 MARK = {"error": "✗", "warning": "!", "info": "·"}
-NEXT_STEP = {
-    WORKS: "nothing to do",
-    NEEDS_PREPARE: "run: sherpa-fixed prepare {folder} --output {folder}-prepared",
-    NEEDS_WINDOW: "use: from sherpa_fixed import OfflineRecognizer (same API as sherpa_onnx)",
-    CANNOT_WORK: "fix the errors marked ✗ (fix: none) at the source",
-}
+# Who fixes a finding, shown beside it; the steps themselves are the report's "next:" lines.
+WHO_FIXES = {"prepare": "prepare fixes this", "window": "needs windowed decoding: see next",
+             "none": "prepare cannot fix this: see next", "user": "your choice"}
 
 
 def human_bytes(n: int | None) -> str:
@@ -68,7 +65,7 @@ def render_variant(v: VariantReport, verbose: bool = False) -> list[str]:
     if shown:
         lines.append("  findings:")
         for f in shown:
-            fix = f" (fix: {f.fix})" if f.fix else ""
+            fix = f" ({WHO_FIXES.get(f.fix, f.fix)})" if f.fix and f.severity == "error" else ""
             lines.append(f"    {MARK[f.severity]} {f.message}{fix}")
     lines.append(f"  verdict [{v.name}]: {v.verdict.text}")
     return lines
@@ -91,8 +88,13 @@ def render_report(r: FolderReport, verbose: bool = False) -> str:
     lines.append("")
     lines.append(f"verdict: {verdict.text}")
     if verdict.code != WORKS:
-        lines.append("next: " + NEXT_STEP[verdict.code].format(folder=r.layout.root))
+        lines += ["next: " + step for step in report_next_steps(r)]
     return "\n".join(lines)
+
+
+def report_next_steps(r: FolderReport) -> list[str]:
+    """The report's advice, from its error findings (findings.next_steps), for every model set at once."""
+    return next_steps([f for v in r.variants for f in v.findings], str(r.layout.root))
 
 
 def render_prepare(r: PrepareResult) -> str:
@@ -101,7 +103,9 @@ def render_prepare(r: PrepareResult) -> str:
             "in-place": f"prepare {r.source} (in place)",
             "output": f"prepare {r.source} -> {r.target}"}[r.mode]
     lines = [head]
-    if r.nothing_to_do:
+    if r.nothing_to_do and plan.blockers:  # e.g. a baked time axis: no rewrite of prepare's fixes it
+        lines.append("  nothing prepare can change fixes this folder (see ✗ below)")
+    elif r.nothing_to_do:
         lines.append("  nothing needs doing: sherpa-onnx accepts this folder as it is")
     else:
         lines.append("  changes:")
@@ -127,5 +131,19 @@ def render_prepare(r: PrepareResult) -> str:
         timing = ", ".join(f"{k} {v:.2f} s" for k, v in r.seconds.items())
         lines.append(f"  time: {timing}")
     if r.exit_code == 0 and not r.nothing_to_do and r.mode != "dry-run":
-        lines.append("done: stock sherpa-onnx loads this folder with model_type='nemo_transducer'")
+        lines.append(done_line(r))
     return "\n".join(lines)
+
+
+def done_line(r: PrepareResult) -> str:
+    """What the checks that ran proved, and no more."""
+    kinds = {c.kind for c in r.checks if c.ok}
+    if "sherpa" in kinds:
+        return "done: stock sherpa-onnx loaded this folder with model_type='nemo_transducer' and decoded audio"
+    if "run" in kinds:
+        return ("done: onnxruntime gives the original's outputs; stock sherpa-onnx was not run on it "
+                "(--verify full runs it)")
+    if kinds:
+        return ("done: the rewritten files hold the original's graph and weights byte for byte, only the listed "
+                "changes differ; stock sherpa-onnx was not run on it (--verify full runs it)")
+    return "done: written, not verified (--verify off)"

@@ -7,6 +7,9 @@ or an exit code that contradicted the help text (issue 11).
 from __future__ import annotations
 
 import math
+import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +19,9 @@ from click.testing import CliRunner
 from sherpa_fixed import OfflineRecognizer
 from sherpa_fixed.cli import main
 from sherpa_fixed.decoding.audio import write_wav
+from sherpa_fixed.decoding.sherpa_check import run_sherpa
 from sherpa_fixed.oracle import OracleSpec, expected_text, oracle_audio, random_tokens, write_oracle_folder
+from sherpa_fixed.testing import write_model_folder
 
 
 def run(*args):
@@ -93,3 +98,109 @@ def test_drop_in_gives_nothing_where_stock_raises_on_tiny_input(dynamic_oracle, 
     o.accept_waveform(rate, np.zeros(rate, np.float32))
     ours.decode_stream(o)
     assert o.result.text == s.result.text
+
+
+# ----------------------------------------------------------------------------- advice
+
+
+def _tokens_edit(fn):
+    def edit(folder):
+        p = folder / "tokens.txt"
+        p.write_text(fn(p.read_text(encoding="utf-8")), encoding="utf-8")
+    return edit
+
+
+def _swap_decoder(folder):  # a decoder from another model: pred_hidden 16 where the joiner takes 8
+    other = write_model_folder(folder.parent / (folder.name + "-other"), pred_hidden=16)
+    shutil.copy(other / "decoder.onnx", folder / "decoder.onnx")
+
+
+# Every kind of problem the factory can build: (ModelSpec changes, an edit of the written folder).
+PROBLEMS = {
+    "ok": ({}, None),
+    "metadata-wrong-feat-dim": ({"metadata": "wrong_feat_dim"}, None),
+    "metadata-missing": ({"metadata": "missing"}, None),
+    "metadata-tdt-no-url": ({"metadata": "tdt_no_url"}, None),
+    "metadata-no-normalize": ({"metadata": "no_normalize"}, None),
+    "metadata-wrong-vocab": ({"metadata": "wrong_vocab"}, None),
+    "external-single": ({"external": "single"}, None),
+    "external-scattered": ({"external": "scattered"}, None),
+    "external-absolute": ({"external": "absolute"}, None),
+    "external-escaping": ({"external": "escaping"}, None),
+    "external-missing": ({"external": "missing"}, None),
+    "external-truncated": ({"external": "truncated"}, None),
+    "time-declared": ({"time": "declared", "frames": 400}, None),
+    "time-baked": ({"time": "baked", "frames": 400}, None),
+    "batch-baked": ({"time": "baked", "batch": "baked", "frames": 400}, None),
+    "batch-declared": ({"time": "declared", "batch": "declared", "frames": 400}, None),
+    "baked-and-metadata-missing": ({"time": "baked", "frames": 400, "metadata": "missing"}, None),
+    "truncated-and-metadata-missing": ({"external": "truncated", "metadata": "missing"}, None),
+    "int8-own-weights": ({"int8": True, "int8_external": "own"}, None),
+    "int8-shared-weights": ({"int8": True, "external": "single", "int8_external": "shared"}, None),
+    "tokens-no-blank": ({}, _tokens_edit(lambda t: t.replace("<blk>", "<b>"))),
+    "tokens-duplicate-id": ({}, _tokens_edit(lambda t: t.replace("<unk> 0", "<unk> 1"))),
+    "tokens-too-few": ({}, _tokens_edit(lambda t: "\n".join(t.splitlines()[:-3] + t.splitlines()[-1:]) + "\n")),
+    "tokens-too-many": ({}, _tokens_edit(lambda t: t.replace("<blk> 16", "x 16\n<blk> 17"))),
+    "tokens-blank-first": ({}, _tokens_edit(lambda t: "<blk> 0\n" + t.replace("<unk> 0", "<unk> 16")
+                                            .replace("<blk> 16\n", ""))),
+    "tokens-bad-line": ({}, _tokens_edit(lambda t: t.replace("<unk> 0", "<unk> 0 extra"))),
+    "tokens-and-metadata-missing": ({"metadata": "missing"}, _tokens_edit(lambda t: t.replace("<blk>", "<b>"))),
+    "decoder-from-another-model": ({}, _swap_decoder),
+}
+
+
+def _next_steps(stdout: str) -> list[str]:
+    return [ln[len("next: "):] for ln in stdout.splitlines() if ln.startswith("next: ")]
+
+
+def _command(step: str) -> list[str] | None:
+    """The sherpa-fixed prepare command in a piece of advice, as arguments."""
+    m = re.search(r"sherpa-fixed (prepare \S+(?: --window)? --output \S+)", step)
+    return m.group(1).split() if m else None
+
+
+NEMO_DIR = Path(__file__).parent / "data" / "nemo"
+NEMO = sorted(p.name for p in NEMO_DIR.iterdir() if (p / "truth.json").exists())
+
+
+@pytest.mark.parametrize("case", sorted(PROBLEMS) + [f"nemo-{n}" for n in NEMO])
+def test_advice_is_runnable_and_agrees_everywhere(tmp_path, case):
+    """Whenever inspect advises prepare, that very command runs and the result loads in stock sherpa-onnx;
+    whenever it does not, prepare refuses; transcribe gives the same advice when it cannot load the folder."""
+    if case.startswith("nemo-"):  # genuine raw NeMo exports
+        folder = Path(shutil.copytree(NEMO_DIR / case[5:], tmp_path / "m"))
+        (folder / "truth.json").unlink()
+    else:
+        changes, edit = PROBLEMS[case]
+        folder = write_model_folder(tmp_path / "m", **changes)
+        if edit:
+            edit(folder)
+    code, out, _ = run("inspect", folder)
+    steps = _next_steps(out)
+    verdict = re.search(r"^verdict: (.*)$", out, re.M).group(1)
+    assert code == {"works in sherpa-onnx as is": 0, "cannot work": 2}.get(verdict, 1), out
+    assert (code == 0) == (not steps), out
+    commands = [c for c in map(_command, steps) if c]
+    assert len(commands) <= 1
+    dry_code, dry_out, dry_err = run("prepare", folder, "--dry-run")
+    if code == 2:  # prepare refuses the folder, and says what inspect says
+        assert not commands
+        assert dry_code == 2 and "cannot be prepared" in dry_err and steps[0] in dry_err
+    elif commands:
+        assert dry_code in (0, 1) and "nothing needs doing" not in dry_out, dry_out
+        args = commands[0]
+        p_code, p_out, p_err = run(*args)
+        assert p_code == 0, p_out + p_err
+        target = args[args.index("--output") + 1]
+        assert run("inspect", target)[0] == 0
+        res = run_sherpa(f"{target}/encoder.onnx", f"{target}/decoder.onnx", f"{target}/joiner.onnx",
+                         f"{target}/tokens.txt", samples=[16000, 26000])
+        assert res.ok, res.error
+    wav = tmp_path / "a.wav"
+    write_wav(wav, np.random.default_rng(0).standard_normal(16000) * 0.1, 16000)
+    t_code, _, t_err = run("transcribe", folder, wav)
+    if t_code == 2:  # it could not use the folder: the advice is inspect's, word for word
+        assert "; ".join(steps) in t_err.replace(str(folder.resolve()), str(folder)), (t_err, steps)
+        assert t_err.count("\n") == 1
+    else:
+        assert t_code == 0, t_err

@@ -46,6 +46,27 @@ class FileResult:
                 "sample_rate": self.sample_rate, "channels": self.channels}
 
 
+def open_recognizer(model_dir: str | Path, **kwargs):
+    """OfflineRecognizer.from_model_dir, with sherpa-onnx's load failures turned into advice.
+
+    onnxruntime raises a bare RuntimeError on, e.g., a truncated or missing weights file; the
+    inspector knows what fixes those (findings.next_steps), so the user gets that instead.
+    """
+    from ..errors import BadInputError
+    from ..reading.findings import advice_for
+    from .recognizer import OfflineRecognizer
+
+    try:
+        return OfflineRecognizer.from_model_dir(model_dir, **kwargs)
+    except RuntimeError as exc:
+        steps = advice_for(model_dir)
+        if not steps:
+            raise  # nothing the inspector can name: a bug to report, with its traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInputError(f"sherpa-onnx could not load the model: {first}", path=model_dir,
+                            fix="; ".join(steps)) from exc
+
+
 def transcribe_file(recognizer, path: str | Path,
                     progress: Callable[[int, int], None] | None = None) -> FileResult:
     try:

@@ -4,6 +4,10 @@ Each finding says who can fix it: `prepare` (sherpa-fixed rewrites the
 folder), `window` (the encoder's time axis is really fixed: the windowed
 recognizer, or `prepare --window`), `user` (a call-site choice), or `none`
 (the input itself is broken). The verdict is the worst of them.
+
+What to do about each finding is decided here too (`advice`, `next_steps`),
+so that inspect, prepare, transcribe and validate give the same advice, and
+only advise `prepare` for what prepare really changes.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class Finding:
 
     def to_json(self) -> dict:
         return {"severity": self.severity, "code": self.code, "message": self.message, "fix": self.fix,
-                "file": self.file}
+                "advice": advice(self), "file": self.file}
 
 
 @dataclass
@@ -82,3 +86,85 @@ def worst(verdicts: list[Verdict]) -> Verdict:
         if v.code == top.code:
             reasons += [r for r in v.reasons if r not in reasons]
     return Verdict(top.code, reasons[:5])
+
+
+# ----------------------------------------------------------------------------- advice
+
+PREPARE_ADVICE = "run: sherpa-fixed prepare {folder} --output {folder}-prepared"
+WINDOW_ADVICE = ("decode with sherpa_fixed.OfflineRecognizer (same API as sherpa_onnx), or for stock sherpa-onnx "
+                 "run: sherpa-fixed prepare {folder} --window --output {folder}-windowed")
+BOTH_ADVICE = ("run: sherpa-fixed prepare {folder} --window --output {folder}-windowed (stock sherpa-onnx then "
+               "decodes any length; or prepare without --window and decode with sherpa_fixed.OfflineRecognizer)")
+TOKENS_ADVICE = ("take tokens.txt from the same export as the models, or fix it: one 'piece id' per line, ids 0..N "
+                 "each once, '<blk> N' last, N + 1 lines for a decoder with N + 1 embedding rows")
+SAME_EXPORT = "use encoder, decoder, joiner and tokens.txt from one export of one model"
+REEXPORT = "re-export the model, or re-download the folder"
+
+# Problems prepare refuses (fix "none"): what does fix them. Keys are finding codes or code prefixes.
+SOURCE_ADVICE = {
+    "tokens.missing": "copy tokens.txt from the export into the folder",
+    "tokens.": TOKENS_ADVICE,
+    "external.missing": "the weights file is missing: " + REEXPORT,
+    "external.truncated": "the weights file is incomplete: " + REEXPORT,
+    "external.length_mismatch": "the graph and its weights disagree: " + REEXPORT,
+    "external.no_location": REEXPORT,
+    "external.outside": "copy the weights file into the model folder and point the location at it there "
+                        "(sherpa-fixed reads nothing outside the folder), or " + REEXPORT,
+    "model.role": SAME_EXPORT,
+    "model.mismatch": SAME_EXPORT,
+    "variants.mismatch": "keep only one model's files in the folder (" + SAME_EXPORT + ")",
+    "encoder.signature": "not a NeMo transducer encoder: export one with NeMo's encoder.export() "
+                         "(sherpa-onnx scripts/nemo)",
+    "encoder.channels_last": "not a NeMo FastConformer encoder (mel bins last): export one with NeMo's "
+                             "encoder.export() (sherpa-onnx scripts/nemo)",
+}
+
+
+def advice(f: Finding, folder: str = "MODEL_DIR") -> str | None:
+    """The step that fixes this finding, runnable as written; None when nothing needs doing."""
+    if f.fix == "prepare":
+        return PREPARE_ADVICE.format(folder=folder)
+    if f.fix == "window":
+        return WINDOW_ADVICE.format(folder=folder)
+    if f.fix == "none":
+        if f.code.startswith("model.mismatch") and "tokens.txt" in f.message:
+            return TOKENS_ADVICE  # a count from tokens.txt disagrees with the graphs
+        for key in sorted(SOURCE_ADVICE, key=len, reverse=True):
+            if f.code == key or (key.endswith(".") and f.code.startswith(key)):
+                return SOURCE_ADVICE[key]
+        return REEXPORT
+    return None
+
+
+def next_steps(findings: list[Finding], folder: str) -> list[str]:
+    """What to do, in order: fixes at the source first (prepare refuses those), then prepare, then windows.
+
+    `prepare` is named only when no error remains that prepare refuses (it refuses the whole folder
+    then); after fixes at the source the next step is to look again, since what prepare would change
+    depends on the repaired files (a bad tokens.txt also makes the measured vocabulary wrong).
+    """
+    errors = [f for f in findings if f.severity == "error"]
+    source = list(dict.fromkeys(advice(f, folder) for f in errors if f.fix == "none"))
+    prepare = any(f.fix == "prepare" for f in errors)
+    window = any(f.fix == "window" for f in errors)
+    if prepare and window:  # prepare --window writes the metadata fixes too
+        step = BOTH_ADVICE
+    elif prepare or window:
+        step = PREPARE_ADVICE if prepare else WINDOW_ADVICE
+    else:
+        return source
+    if source:  # what prepare would then do depends on the repaired files: look again first
+        return [*source, f"then check again: sherpa-fixed inspect {folder}"]
+    return [step.format(folder=folder)]
+
+
+def advice_for(paths, **files) -> list[str]:
+    """next_steps for a folder (or loose files, with encoder=... as inspect takes them), inspected afresh.
+
+    For callers that met a refusal without a report at hand (the recognizer's preflight, transcribe):
+    reads graphs and tokens only, never weights.
+    """
+    from .inspector import inspect_folder  # inspector builds on this module
+
+    report = inspect_folder(paths, **files)
+    return next_steps([f for v in report.variants for f in v.findings], str(report.layout.root))
