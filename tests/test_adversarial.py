@@ -316,3 +316,14 @@ def test_json_reports_refusal_as_one_line_too(planted, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "outside" in proc.stderr
     if proc.stdout.strip():
         json.loads(proc.stdout)
+
+
+def test_probe_never_reads_outside_weights(planted, tmp_path):
+    """inspect --probe runs the graph in onnxruntime: the in-memory copy must not be a way around confinement."""
+    folder, secret = planted
+    os.symlink(secret, folder / "evil.weights")
+    point_tensor_at(folder, "evil.weights")
+    report = inspect_folder(folder, probe=True)
+    assert report.verdict.code == CANNOT_WORK
+    probe = report.variants[0].probe
+    assert probe is None or probe.time_baked is None  # it could not run, and says why instead of reading

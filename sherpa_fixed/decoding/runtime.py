@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import onnx
 
 from ..errors import BadInputError
+from ..reading.confine import outside_reason
 from ..reading.external_data import resolve_location
 from ..reading.onnx_graph import external_info, graph_tensors, uses_external_data
 
@@ -65,6 +66,10 @@ def relocatable_copy(model: onnx.ModelProto, model_path: Path) -> tuple[onnx.Mod
         if not uses_external_data(t):
             continue
         loc = external_info(t).get("location", "")
+        outside = outside_reason(model_path.parent, resolve_location(model_path, loc))
+        if outside is not None:  # the copy must never be a way to read what the original may not (confine.py)
+            raise BadInputError(f"tensor {t.name!r} has external location {loc!r}, which {outside}",
+                                path=model_path, fix="sherpa-fixed reads only files inside the model folder")
         real = resolve_location(model_path, loc).resolve()
         if folder is None:
             folder = real.parent
