@@ -158,13 +158,20 @@ class _Bar:
 @click.option("--window", is_flag=True,
               help="Make a fixed-window (static-shape) encoder take any length inside the ONNX graph: it runs "
                    "once per window in an ONNX Loop, so every sherpa-onnx binding (C++, Rust, Go, mobile) can "
-                   "decode audio of any length with it.")
+                   "decode audio of any length with it. On a dynamic encoder the same Loop bounds attention to "
+                   "one window, so an hour decodes in memory that does not grow with attention.")
+@click.option("--window-seconds", type=float,
+              help="With --window on a dynamic encoder: window length (default 20; docs/long-audio.md).")
+@click.option("--max-seconds", type=float,
+              help="Dynamic encoders: extend the relative positional table (400 s in NeMo exports) so one "
+                   "pass decodes up to this many seconds; rows from NeMo's own formula, stored rows kept.")
 @click.option("--hop", type=float, help="With --window: seconds between window starts (window = hop + 2 x context).")
 @click.option("--context", type=float,
               help="With --window: seconds of audio each kept stretch has on each side (default 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @handle_errors
-def prepare_cmd(model_dir, output, in_place, dry_run, inline, force, verify, window, hop, context, as_json):
+def prepare_cmd(model_dir, output, in_place, dry_run, inline, force, verify, window, window_seconds, max_seconds,
+                hop, context, as_json):
     """Rewrite MODEL_DIR so stock sherpa-onnx accepts it.
 
     Fixes the encoder metadata (fp32 and int8) from what the graphs measure,
@@ -183,7 +190,8 @@ def prepare_cmd(model_dir, output, in_place, dry_run, inline, force, verify, win
     bar = _Bar(enabled=not as_json)
     try:
         result = prepare_folder(model_dir, output=output, in_place=in_place, dry_run=dry_run, inline=inline,
-                                force=force, verify=verify, progress=bar, window=window, hop=hop, context=context)
+                                force=force, verify=verify, progress=bar, window=window, hop=hop, context=context,
+                                window_seconds=window_seconds, max_seconds=max_seconds)
     finally:
         bar.close()
     if as_json:

@@ -183,7 +183,11 @@ def test_parameters_are_checked(make_folder):
         prepare_folder(make_folder(), dry_run=True, hop=2.0)
 
 
-def test_window_on_a_dynamic_encoder_changes_nothing(make_folder):
+def test_window_on_a_dynamic_encoder_bounds_attention_to_windows(make_folder):
+    """Issue 16: on a dynamic encoder --window builds the same Loop, over windows of --window-seconds;
+    a second run changes nothing."""
     folder = make_folder()
-    result = prepare_folder(folder, in_place=True, window=True)
-    assert result.nothing_to_do and result.exit_code == 0
+    result = prepare_folder(folder, in_place=True, window=True, window_seconds=10)
+    assert result.exit_code == 0 and [c.kind for c in result.plan.changes] == ["window"]
+    assert all(c.ok for c in result.checks) and {c.kind for c in result.checks} == {"window", "sherpa"}
+    assert prepare_folder(folder, in_place=True, window=True, window_seconds=10).nothing_to_do

@@ -7,11 +7,13 @@ and the recognizer reads the window size from it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
 from ..errors import BadInputError
+from ..rewriting import posenc
 from ..rewriting.windowing import WINDOW_MARKER
 from .axes import Port, baking_evidence, ports_for
 from .external_data import ExternalAudit, audit_external_data, mark_shared
@@ -73,6 +75,7 @@ class VariantReport:
     findings: list[Finding]
     verdict: Verdict
     window: dict | None = None  # set for encoders windowed by prepare --window
+    positional: dict | None = None  # the dynamic encoder's positional limit (posenc.py)
 
     @property
     def encoder(self) -> ModelReport:
@@ -95,6 +98,7 @@ class VariantReport:
             "sherpa_onnx_would_say": self.sherpa_error,
             "probe": self.probe.to_json() if self.probe else None,
             "window": self.window,
+            "positional_limit": self.positional,
             "findings": [f.to_json() for f in self.findings],
         }
 
@@ -293,6 +297,24 @@ def _window_info(encoder: GraphFile) -> dict | None:
         return {"raw": raw}
 
 
+def _positional_limit(encoder: GraphFile, measured: Measurements) -> dict | None:
+    """How long an input the dynamic encoder's relative positional table allows (None: no table found).
+
+    From the table's shape and the Slice that reads it (posenc.find_tables); no tensor is read."""
+    tables = posenc.find_tables(encoder.model.graph)
+    if not tables:
+        return None
+    sf = measured.get("subsampling_factor") or 8
+    frames = min(t.max_frames for t in tables)
+    raw = encoder.metadata.get(posenc.MARKER)
+    try:
+        extended = json.loads(raw) if raw else None
+    except ValueError:
+        extended = {"raw": raw}
+    return {"output_frames": frames, "seconds": posenc.limit_seconds(frames, sf), "subsampling_factor": sf,
+            "tables": [t.to_json() for t in tables], "extended": extended}
+
+
 def inspect_variant(
     ms: ModelSet,
     layout: FolderLayout,
@@ -347,6 +369,18 @@ def inspect_variant(
         findings.append(Finding("info", "family.unknown", f"model family not recognised ({reason}); values no "
                                 "graph can tell come from NeMo defaults", None))
     window = _window_info(enc)
+    time_axis = models["encoder"].inputs[0].axis("time") if models["encoder"].inputs else None
+    positional = _positional_limit(enc, measured) if window is None and not (time_axis and time_axis.fixed) \
+        else None
+    if positional is not None:
+        findings = [f for f in findings if f.code != "encoder.max_length"]
+        ext = positional["extended"]
+        how = (f"extended by sherpa-fixed prepare --max-seconds from {ext.get('original_output_frames')} frames"
+               if ext else "NeMo's pos_emb_max_len; prepare --max-seconds N raises it, prepare --window removes it")
+        findings.append(Finding("info", "encoder.max_length",
+                                f"{enc.name}: positional limit {positional['seconds']:g} s "
+                                f"({positional['output_frames']} output frames; {how}); longer input fails in the "
+                                "attention's Add", None, enc.name))
     if window is not None:  # its positional table and fixed sizes live inside the Loop, per window
         findings = [f for f in findings if not f.code.startswith(("encoder.time_fixed", "encoder.max_length"))]
         findings.append(Finding("info", "encoder.windowed",
@@ -356,7 +390,7 @@ def inspect_variant(
 
     sherpa_error = sherpa_first_error(current, measured, tokens)
     return VariantReport(ms.variant, models, measured, recipe, reason, expected, key_audits, sherpa_error,
-                         probe_result, findings, verdict_of(findings), window)
+                         probe_result, findings, verdict_of(findings), window, positional)
 
 
 def inspect_folder(

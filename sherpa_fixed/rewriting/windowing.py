@@ -39,6 +39,9 @@ from .. import __version__
 from ..errors import BadInputError
 
 WINDOW_MARKER = "sherpa_fixed_window"
+# prepare --window on a DYNAMIC encoder: window length when none is given (measured on the accuracy
+# benchmark, docs/long-audio.md).
+DEFAULT_DYNAMIC_WINDOW_S = 20.0
 
 
 @dataclass(frozen=True)
