@@ -224,3 +224,44 @@ def test_speech_model_limit_and_extension(tmp_path):
     assert new.shape == (1, 29999, 96) and new[:, 10000:19999].tobytes() == old.tobytes()
     assert close_to_formula(new)
     assert inspect_folder(tmp_path / "out").variants[0].positional["seconds"] == 1200.0
+
+
+_CHILD = r"""
+import json, sys, numpy as np, sherpa_onnx
+d, secs = sys.argv[1], float(sys.argv[2])
+rec = sherpa_onnx.OfflineRecognizer.from_transducer(encoder=d + "/encoder.onnx", decoder=d + "/decoder.onnx",
+    joiner=d + "/joiner.onnx", tokens=d + "/tokens.txt", model_type="nemo_transducer", num_threads=1)
+x = (np.random.default_rng(0).standard_normal(int(secs * 16000)) * 0.1).astype(np.float32)
+s = rec.create_stream(); s.accept_waveform(16000, x); rec.decode_stream(s)
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"tokens": len(s.result.tokens), "rss_mb": hwm / 1024,
+                  "last": s.result.timestamps[-1] if s.result.timestamps else None}))
+"""
+
+
+def stock_decode(folder: Path, seconds: float) -> dict:
+    """Stock sherpa-onnx in a fresh process (its own peak RSS) on `seconds` of noise."""
+    p = subprocess.run([sys.executable, "-c", _CHILD, str(folder), str(seconds)], capture_output=True, text=True,
+                       timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-2000:])
+    return json.loads(p.stdout)
+
+
+def test_dynamic_window_decodes_past_the_limit_with_bounded_attention(tdt80, tmp_path):
+    """The genuine tiny export (limit 80 s) after --window decodes 238 s in stock sherpa-onnx; its memory
+    grows with length far less than one full-attention pass over the same audio (--max-seconds)."""
+    win, whole, plain = tmp_path / "win", tmp_path / "whole", tmp_path / "plain"
+    r = prepare_folder(tdt80, output=win, window=True, window_seconds=10)
+    assert r.exit_code == 0 and {c.kind for c in r.checks} == {"window", "sherpa"}, r.to_json()
+    assert inspect_folder(win).variants[0].positional is None  # windowed: no limit left
+    assert prepare_folder(tdt80, output=whole, max_seconds=240).exit_code == 0
+    assert prepare_folder(tdt80, output=plain).exit_code == 0  # metadata only
+    with pytest.raises(RuntimeError, match="broadcast"):
+        stock_decode(plain, 90)  # past its 80 s table
+    short, long = stock_decode(win, 60), stock_decode(win, 238)
+    assert long["last"] > 230 and long["tokens"] > 3 * short["tokens"]  # the whole input was decoded
+    w_short, w_long = stock_decode(whole, 60), stock_decode(whole, 238)
+    grown_windowed, grown_whole = long["rss_mb"] - short["rss_mb"], w_long["rss_mb"] - w_short["rss_mb"]
+    # measured: windowed +53 MB (samples, features: linear), whole +475 MB (attention: quadratic)
+    assert grown_windowed < 0.3 * grown_whole, (grown_windowed, grown_whole)
