@@ -80,6 +80,10 @@ def chunking_for(encoder: str | os.PathLike, *, sample_rate: int = 16000, frame_
     """Window parameters for an encoder, from its signature and metadata (no weights read).
 
     signature: the encoder's, when the caller has read it already (one read per load)."""
+    for name, value, zero_ok in (("window_seconds", window_seconds, False), ("overlap_seconds", overlap_seconds, True)):
+        if value is not None and not (np.isfinite(value) and (value >= 0 if zero_ok else value > 0)):
+            raise BadInputError(f"{name}={value} must be a finite number of seconds "
+                                + ("(0 or more)" if zero_ok else "above 0"))
     sig = signature or read_signature(encoder)
     if not sig.inputs or len(sig.inputs[0].dims) != 3:
         raise BadInputError("the encoder's first input is not (batch, mel, time)", path=encoder,
@@ -102,6 +106,9 @@ def chunking_for(encoder: str | os.PathLike, *, sample_rate: int = 16000, frame_
                                 fix="leave window_seconds unset for fixed-window encoders")
     else:
         window = int((window_seconds or DEFAULT_WINDOW_S) * sample_rate) // grid * grid
+        if window < grid:
+            raise BadInputError(f"window_seconds={window_seconds} is shorter than one output frame "
+                                f"({grid / sample_rate:g} s)")
     overlap_s = DEFAULT_OVERLAP_S if overlap_seconds is None else overlap_seconds
     overlap = round(overlap_s * sample_rate / grid) * grid
     if overlap < 0 or overlap > window - grid:
@@ -130,6 +137,7 @@ def preflight(encoder: str, decoder: str, joiner: str, tokens: str) -> Signature
         steps = advice_for([encoder, decoder, joiner], encoder=encoder, decoder=decoder, joiner=joiner, tokens=tokens)
         raise BadInputError(f"sherpa-onnx would refuse this model: {error}", path=encoder,
                             fix="; ".join(steps) or None)
+    return enc
 
 
 def refuse_outside_weights(*models: str) -> None:
