@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 import traceback
@@ -68,6 +69,28 @@ def main() -> None:
 
     Exit codes: 0 fine, 1 something needs fixing, 2 unusable input, 3 internal error.
     """
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds, above 0 (or from 0 with zero_ok): refused before any work starts."""
+
+    name = "SECONDS"
+
+    def __init__(self, zero_ok: bool = False):
+        self.zero_ok = zero_ok
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(x) or x < 0 or (x == 0 and not self.zero_ok):
+            self.fail(f"{value} must be a finite number of seconds, " + ("0 or more" if self.zero_ok else "above 0"),
+                      param, ctx)
+        return x
+
+
+THREADS = click.IntRange(min=1)
 
 
 def model_file_options(fn):
@@ -160,13 +183,14 @@ class _Bar:
                    "once per window in an ONNX Loop, so every sherpa-onnx binding (C++, Rust, Go, mobile) can "
                    "decode audio of any length with it. On a dynamic encoder the same Loop bounds attention to "
                    "one window, so an hour decodes in memory that does not grow with attention.")
-@click.option("--window-seconds", type=float,
+@click.option("--window-seconds", type=Seconds(),
               help="With --window on a dynamic encoder: window length (default 20; docs/long-audio.md).")
-@click.option("--max-seconds", type=float,
+@click.option("--max-seconds", type=Seconds(),
               help="Dynamic encoders: extend the relative positional table (400 s in NeMo exports) so one "
                    "pass decodes up to this many seconds; rows from NeMo's own formula, stored rows kept.")
-@click.option("--hop", type=float, help="With --window: seconds between window starts (window = hop + 2 x context).")
-@click.option("--context", type=float,
+@click.option("--hop", type=Seconds(),
+              help="With --window: seconds between window starts (window = hop + 2 x context).")
+@click.option("--context", type=Seconds(zero_ok=True),
               help="With --window: seconds of audio each kept stretch has on each side (default 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @handle_errors
@@ -208,12 +232,12 @@ def prepare_cmd(model_dir, output, in_place, dry_run, inline, force, verify, win
 @click.option("--srt", is_flag=True, help="SubRip subtitles instead of plain text.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False),
               help="Write one .txt/.json/.srt per audio file here instead of printing.")
-@click.option("--num-threads", type=int, default=2, show_default=True, help="onnxruntime threads.")
+@click.option("--num-threads", type=THREADS, default=2, show_default=True, help="onnxruntime threads.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--int8/--fp32", "int8", default=None,
               help="Which model set to use (default: int8 on cpu when the folder has one).")
-@click.option("--window-seconds", type=float, help="Dynamic encoders: window longer audio (default 30).")
-@click.option("--overlap-seconds", type=float, help="Audio shared by consecutive windows (default 2).")
+@click.option("--window-seconds", type=Seconds(), help="Dynamic encoders: window longer audio (default 30).")
+@click.option("--overlap-seconds", type=Seconds(zero_ok=True), help="Audio shared by consecutive windows (default 2).")
 @handle_errors
 def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, provider, int8, window_seconds,
                    overlap_seconds):
@@ -294,24 +318,27 @@ class _AudioBar:
 @click.option("--reference", default="parakeet-tdt-0.6b", show_default=True,
               help="Reference layout (a name from models/reference, or a JSON file).")
 @click.option("--audio", type=click.Path(dir_okay=False),
-              help="WAV to decode both ways (default: 12 s of generated tone segments).")
+              help="WAV to decode both ways (default: about 19 s of generated tone segments).")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the Python baseline runs (cuda needs the gpu extra: onnxruntime-gpu).")
 @click.option("--variant", "variants", multiple=True, help="Only these model sets (fp32, int8).")
-@click.option("--num-threads", type=int, default=1, show_default=True)
+@click.option("--num-threads", type=THREADS, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list the expected differences.")
 @handle_errors
 def validate_cmd(model_dir, reference, audio, provider, variants, num_threads, as_json, verbose):
-    """Check MODEL_DIR against the parakeet-tdt-0.6b layout and decode audio two ways.
+    """Check MODEL_DIR against the parakeet-tdt-0.6b release layouts and decode audio two ways.
 
-    Every difference from the reference is reported as expected (80 vs 128 mel, model
-    width, vocabulary), fixable by `sherpa-fixed prepare`, or breaking. Then the same
+    The layout is fp32+int8 (the export script's) or int8-only (sherpa-onnx's int8
+    archives), whichever the folder has. Every difference from the reference is reported
+    as expected (80 vs 128 mel, model width, vocabulary), fixable by `sherpa-fixed
+    prepare` (gone after it runs), or breaking (prepare cannot fix it). Then the same
     audio is decoded by sherpa-onnx (through sherpa_fixed.OfflineRecognizer) and by an
     independent Python baseline (onnxruntime, kaldi-native-fbank features, our own greedy
     TDT/RNNT search); the token sequences must match, or the first divergence is shown.
 
-    Exit code: 0 valid and both decodes agree, 1 otherwise, 2 unusable input.
+    Exit code: 0 valid and both decodes agree, 1 otherwise, 2 unusable input (a folder that
+    cannot work, an unreadable --audio or --reference).
     """
     from .checking.validate import render_validation, validate_folder
 

@@ -6,6 +6,7 @@ or an exit code that contradicted the help text (issue 11).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -204,3 +205,84 @@ def test_advice_is_runnable_and_agrees_everywhere(tmp_path, case):
         assert t_err.count("\n") == 1
     else:
         assert t_code == 0, t_err
+
+
+# ----------------------------------------------------------------------------- options and prepare's lines
+
+
+@pytest.mark.parametrize("args", [("--window-seconds", "0"), ("--window-seconds", "-5"), ("--window-seconds", "nan"),
+                                  ("--window-seconds", "inf"), ("--overlap-seconds", "-1"), ("--num-threads", "0")])
+def test_transcribe_refuses_bad_numbers_before_loading(dynamic_oracle, args):
+    """--window-seconds 0 used to mean 'the default', nan/inf were internal errors."""
+    model, wav, *_ = dynamic_oracle
+    code, out, err = run("transcribe", model, wav, *args)
+    assert code == 2 and out == "" and f"'{args[0]}'" in err and "internal error" not in err
+
+
+def test_transcribe_window_shorter_than_a_frame(dynamic_oracle):
+    model, wav, *_ = dynamic_oracle
+    code, _, err = run("transcribe", model, wav, "--window-seconds", "0.01")
+    assert code == 2 and "shorter than one output frame" in err and "(0 s)" not in err
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory):
+    return write_model_folder(tmp_path_factory.mktemp("baked") / "m", time="baked", frames=400)
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--hop", "100"), "between one output frame (0.08 s) and the window (4 s)"),
+    (("--hop", "0"), "above 0"),
+    (("--hop", "nan"), "above 0"),
+    (("--context", "-1"), "0 or more"),
+    (("--context", "3"), "leaves no hop"),
+])
+def test_prepare_window_values_are_checked_with_a_true_line(baked, tmp_path, args, says):
+    out_dir = tmp_path / "out"
+    code, _, err = run("prepare", baked, "--window", *args, "--output", out_dir)
+    assert code == 2 and says in err and not re.search(r"(context|hop) -\d", err)  # was 'context -46 s'
+    assert not out_dir.exists()
+
+
+def test_dry_run_on_a_baked_encoder_says_what_is_true(baked):
+    code, out, _ = run("prepare", baked, "--dry-run")
+    assert code == 1
+    assert "nothing needs doing" not in out and "accepts this folder" not in out
+    assert "nothing prepare can change fixes this folder" in out and "--window" in out
+
+
+@pytest.mark.parametrize("verify, says", [
+    ("auto", "stock sherpa-onnx loaded this folder"),
+    ("full", "stock sherpa-onnx loaded this folder"),
+    ("fast", "stock sherpa-onnx was not run"),
+    ("off", "not verified"),
+])
+def test_done_line_says_what_was_proven(tmp_path, verify, says):
+    folder = write_model_folder(tmp_path / "m", metadata="wrong_feat_dim")
+    code, out, _ = run("prepare", folder, "--output", tmp_path / "out", "--verify", verify)
+    assert code == 0
+    done = [ln for ln in out.splitlines() if ln.startswith("done:")]
+    assert len(done) == 1 and says in done[0], out
+    kinds = {c["kind"] for c in json.loads(run("prepare", folder, "--output", tmp_path / "j", "--verify", verify,
+                                              "--json")[1])["checks"]}
+    assert ("sherpa" in kinds) == ("stock sherpa-onnx loaded" in done[0])
+
+
+@pytest.mark.parametrize("metadata, defaulted", [("wrong_feat_dim", None), ("tdt_no_url", None),
+                                                 ("no_normalize", "normalize_type"), ("missing", "normalize_type")])
+def test_family_warning_names_only_keys_that_come_from_defaults(tmp_path, metadata, defaulted):
+    folder = write_model_folder(tmp_path / "m", metadata=metadata)
+    warnings = json.loads(run("prepare", folder, "--dry-run", "--json")[1])["warnings"]
+    family = [w for w in warnings if "family not recognised" in w]
+    if defaulted is None:
+        assert family == []
+    else:
+        assert len(family) == 1 and defaulted in family[0] and "url" not in family[0]
+
+
+def test_validate_help_states_the_generated_audio_length():
+    from sherpa_fixed.checking.validate import generated_audio
+
+    _, out, _ = run("validate", "--help")
+    said = float(re.search(r"about (\d+) s of generated", " ".join(out.split())).group(1))
+    assert abs(said - len(generated_audio()) / 16000) < 1

@@ -9,7 +9,14 @@ import pytest
 from click.testing import CliRunner
 
 from sherpa_fixed.checking.baseline import TIE_TOLERANCE, Baseline
-from sherpa_fixed.checking.reference import BREAKING, EXPECTED, FIXABLE, compare_folder, load_reference
+from sherpa_fixed.checking.reference import (
+    BREAKING,
+    EXPECTED,
+    FIXABLE,
+    choose_layout,
+    compare_folder,
+    load_reference,
+)
 from sherpa_fixed.checking.validate import generated_audio, validate_folder
 from sherpa_fixed.cli import main
 from sherpa_fixed.decoding.audio import resample, write_wav
@@ -153,3 +160,115 @@ def test_reference_classifies_differences(make_folder):
     assert any(d.category == BREAKING and "time" in d.what for d in diffs)
     diffs = compare_folder(inspect_folder(make_folder("c", time="declared")), ref)["fp32"]
     assert any(d.category == FIXABLE and "time" in d.what for d in diffs)
+
+
+# ----------------------------------------------------------------------------- release layouts (issue 12)
+
+
+def _drop(folder, *names):
+    for n in names:
+        (folder / n).unlink()
+    return folder
+
+
+FP32 = ("encoder.onnx", "decoder.onnx", "joiner.onnx")
+
+
+@pytest.mark.parametrize("int8_external", ["none", "own"], ids=["0.6b-int8", "1.1b-int8-external"])
+def test_int8_only_release_is_valid(make_folder, int8_external):
+    """sherpa-onnx's int8 releases ship only the int8 set and tokens.txt: nothing is missing from them."""
+    folder = _drop(make_folder(int8=True, int8_external=int8_external), *FP32)
+    code, out, _ = run("validate", folder, "--json")
+    data = json.loads(out)
+    assert code == 0 and data["valid"] and data["layout"] == "int8-only", out
+    assert [d["variant"] for d in data["decodes"]] == ["int8"]
+    assert not any(d["what"].endswith(".onnx") and d["found"] == "missing" for d in data["differences"]["folder"])
+    code, text, _ = run("validate", folder)
+    assert code == 0 and "int8-only layout" in text and "breaking" not in text
+
+
+def test_fp32_and_int8_layouts_are_told_apart(make_folder):
+    from sherpa_fixed.reading.inspector import inspect_folder
+
+    ref = load_reference("parakeet-tdt-0.6b")
+    both = make_folder("both", int8=True)
+    fp32 = make_folder("fp32")
+    for folder in (both, fp32):
+        report = inspect_folder(folder)
+        assert choose_layout(report, ref)["name"] == "fp32+int8"
+        diffs = compare_folder(report, ref)["folder"]
+        assert not [d for d in diffs if d.category == BREAKING], diffs
+        assert ({d.what for d in diffs if d.area == "files"} >= {"encoder.int8.onnx"}) == (folder == fp32)
+    # an int8 set that borrows the fp32 joiner: complete, so not breaking, and said so
+    mixed = _drop(make_folder("mixed", int8=True), "encoder.onnx", "decoder.onnx", "joiner.int8.onnx")
+    diffs = compare_folder(inspect_folder(mixed), ref)["folder"]
+    twin = [d for d in diffs if d.what == "joiner.int8.onnx"]
+    assert len(twin) == 1 and twin[0].category == EXPECTED and "joiner.onnx" in twin[0].why
+    # an fp32 set with no fp32 decoder at all borrows the int8 one the same way
+    borrowed = _drop(make_folder("borrowed", int8=True), "decoder.onnx")
+    diffs = compare_folder(inspect_folder(borrowed), ref)["folder"]
+    assert [d.category for d in diffs if d.what == "decoder.onnx"] == [EXPECTED]
+
+
+def test_incomplete_int8_release_is_refused_in_one_line(make_folder):
+    folder = _drop(make_folder(int8=True), *FP32, "joiner.int8.onnx")
+    code, out, err = run("validate", folder)
+    assert code == 2 and err.count("\n") == 1 and "no joiner model found" in err and out == ""
+
+
+def test_layouts_are_in_the_reference():
+    ref = load_reference("parakeet-tdt-0.6b")
+    assert [x["name"] for x in ref["layouts"]] == ["fp32+int8", "int8-only"]
+    assert ref["layouts"][1]["variants"] == {"int8": True}
+
+
+# ----------------------------------------------------------------------------- honest messages (issue 11)
+
+
+def test_batch_is_fixable_only_when_prepare_frees_it(make_folder):
+    """Every 'fixable' difference is gone after prepare, and every 'breaking' one is still there."""
+    for name, spec in (("declared", dict(time="declared", batch="declared", frames=400)),
+                       ("baked", dict(time="baked", batch="baked", frames=400)),
+                       ("meta", dict(metadata="missing", external="scattered"))):
+        folder = make_folder(name, **spec)
+        before = validate_folder(folder).differences["fp32"]
+        batch = [d for d in before if "(batch)" in d.what]
+        assert batch or name == "meta"
+        assert {d.category for d in batch} <= ({FIXABLE} if name == "declared" else {BREAKING})
+        prepared = folder.parent / (name + "-prepared")
+        prepare_folder(folder, output=prepared)
+        after = validate_folder(prepared).differences["fp32"]
+        assert not [d for d in after if d.category == FIXABLE], after
+        kept = {d.what for d in after if d.category == BREAKING}
+        assert {d.what for d in before if d.category == BREAKING} <= kept
+
+
+def test_no_decode_is_not_called_a_disagreement(make_folder):
+    folder = make_folder(metadata="wrong_feat_dim")  # sherpa-onnx refuses it; prepare fixes it
+    code, out, _ = run("validate", folder)
+    assert code == 1
+    assert "do not agree" not in out and "sherpa-onnx refused the fp32 model set" in out
+    assert f"run: sherpa-fixed prepare {folder} --output {folder}-prepared" in out
+
+
+@pytest.mark.parametrize("problem", ["tokens", "truncated"])
+def test_unusable_folder_exits_2_with_advice(make_folder, problem):
+    folder = make_folder(external="truncated" if problem == "truncated" else "none")
+    if problem == "tokens":
+        (folder / "tokens.txt").write_text((folder / "tokens.txt").read_text().replace("<blk>", "<b>"))
+    code, out, err = run("validate", folder)
+    assert code == 2, out + err  # validate --help: 2 unusable input
+    assert "not decoded" in out and "do not agree" not in out and "sherpa-fixed prepare" not in out
+    assert ("tokens.txt" if problem == "tokens" else "re-download") in out.splitlines()[-1]
+    data = json.loads(run("validate", folder, "--json")[1])
+    assert data["exit_code"] == 2 and data["unusable"] and data["decodes"][0]["skipped"]
+
+
+@pytest.mark.parametrize("content", ["<unk> 0\n<blk> 1\n", "[1, 2]", '{"name": "x"}', '{"name": "x", "files": [], '
+                                     '"models": {"encoder": {"inputs": [], "outputs": [{}]}}}'])
+def test_a_reference_that_is_not_a_layout_is_one_line(make_folder, tmp_path, content):
+    ref = tmp_path / "ref.txt"
+    ref.write_text(content)
+    code, out, err = run("validate", make_folder(), "--reference", ref)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "not a reference layout" in err and "parakeet-tdt-0.6b" in err and "internal error" not in err

@@ -21,10 +21,19 @@ import numpy as np
 from .. import __version__
 from ..decoding.audio import check_audible, read_wav, resample
 from ..decoding.sherpa_check import run_recognizer
-from ..errors import EXIT_NEEDS_FIX, EXIT_OK
+from ..errors import EXIT_BAD_INPUT, EXIT_NEEDS_FIX, EXIT_OK
+from ..reading.findings import CANNOT_WORK, PREPARE_ADVICE, next_steps
 from ..reading.inspector import inspect_folder
 from .baseline import FRAME_SLACK, INT8_TIE_TOLERANCE, TIE_TOLERANCE, Baseline
-from .reference import BREAKING, DEFAULT_REFERENCE, FIXABLE, Difference, compare_folder, load_reference
+from .reference import (
+    BREAKING,
+    DEFAULT_REFERENCE,
+    FIXABLE,
+    Difference,
+    choose_layout,
+    compare_folder,
+    load_reference,
+)
 
 SCHEMA = "sherpa-fixed/validate"
 
@@ -44,6 +53,11 @@ class DecodeCheck:
     text: str | None = None
     agreement: str | None = None  # exact | decisions | diverged
     tie_tolerance: float = TIE_TOLERANCE
+    skipped: str | None = None  # why no decode ran (the model set cannot work)
+
+    @property
+    def ran(self) -> bool:
+        return self.skipped is None and self.sherpa_error is None
 
     def to_json(self) -> dict:
         return {"variant": self.variant, "agree": self.agree, "sherpa_onnx_version": self.sherpa_version,
@@ -52,7 +66,7 @@ class DecodeCheck:
                 "max_tie_margin": max((t["margin"] for t in self.ties), default=None),
                 "tie_tolerance": self.tie_tolerance, "frame_shifted": len(self.shifted), "frame_slack": FRAME_SLACK,
                 "agreement": self.agreement, "first_divergence": self.divergence,
-                "text": self.text}
+                "text": self.text, "skipped": self.skipped}
 
 
 @dataclass
@@ -63,6 +77,8 @@ class ValidationReport:
     audio_seconds: float
     differences: dict[str, list[Difference]]
     decodes: list[DecodeCheck]
+    layout: dict = field(default_factory=dict)  # the release layout the folder was judged against
+    unusable: list[str] = field(default_factory=list)  # inspect's advice when the folder cannot work at all
 
     @property
     def structure_ok(self) -> bool:
@@ -78,11 +94,14 @@ class ValidationReport:
 
     @property
     def exit_code(self) -> int:
+        if self.unusable:
+            return EXIT_BAD_INPUT  # as --help says: 2 for unusable input
         return EXIT_OK if self.valid else EXIT_NEEDS_FIX
 
     def to_json(self) -> dict:
         return {"schema": SCHEMA, "schema_version": 1, "sherpa_fixed_version": __version__,
-                "folder": str(self.folder), "reference": self.reference, "valid": self.valid,
+                "folder": str(self.folder), "reference": self.reference, "layout": self.layout.get("name"),
+                "valid": self.valid, "unusable": self.unusable,
                 "exit_code": self.exit_code, "audio": self.audio, "audio_seconds": round(self.audio_seconds, 3),
                 "differences": {k: [d.to_json() for d in v] for k, v in self.differences.items()},
                 "decodes": [d.to_json() for d in self.decodes]}
@@ -135,9 +154,15 @@ def validate_folder(folder: str | os.PathLike, *, reference: str = DEFAULT_REFER
                     audio: str | os.PathLike | None = None, provider: str = "cpu",
                     variants: list[str] | None = None, threads: int = 1) -> ValidationReport:
     folder = Path(folder)
+    ref = load_reference(reference)  # a bad --reference is refused before anything is read
     report = inspect_folder(folder, variants=variants)
-    ref = load_reference(reference)
-    differences = compare_folder(report, ref)
+    if any(v.encoder.inputs and any(a.fixed and a.role in ("batch", "time") for a in v.encoder.inputs[0].axes)
+           for v in report.variants):  # baked or only declared: a run decides, as prepare decides
+        report = inspect_folder(folder, variants=variants, probe=True)
+    layout = choose_layout(report, ref)
+    differences = compare_folder(report, ref, layout)
+    unusable = next_steps([f for v in report.variants for f in v.findings], str(folder)) \
+        if report.verdict.code == CANNOT_WORK else []
     if audio is not None:
         a = read_wav(audio)
         check_audible(a)
@@ -151,12 +176,18 @@ def validate_folder(folder: str | os.PathLike, *, reference: str = DEFAULT_REFER
         path = Path(tmp) / "audio.npy"
         np.save(path, samples.astype(np.float32))
         for v in report.variants:
+            if v.verdict.code == CANNOT_WORK:
+                decodes.append(DecodeCheck(v.name, False, baseline_provider=provider,
+                                           skipped="not decoded: " + "; ".join(v.verdict.reasons[:2])))
+                continue
             decodes.append(_decode(v, report.layout.tokens, path, samples, provider, threads))
-    return ValidationReport(folder, ref["name"], label, len(samples) / 16000, differences, decodes)
+    return ValidationReport(folder, ref["name"], label, len(samples) / 16000, differences, decodes, layout,
+                            unusable)
 
 
 def render_validation(r: ValidationReport, verbose: bool = False) -> str:
-    lines = [f"{r.folder} against {r.reference}"]
+    lines = [f"{r.folder} against {r.reference}"
+             + (f", {r.layout['name']} layout ({r.layout.get('description', '')})" if r.layout else "")]
     for key, diffs in r.differences.items():
         shown = [d for d in diffs if verbose or d.category != "expected"]
         expected = [d for d in diffs if d.category == "expected"]
@@ -171,6 +202,9 @@ def render_validation(r: ValidationReport, verbose: bool = False) -> str:
     lines.append(f"audio: {r.audio}" + ("" if r.audio.startswith("generated") else f" ({r.audio_seconds:.1f} s)"))
     for d in r.decodes:
         head = f"  [{d.variant}] "
+        if d.skipped:
+            lines.append(head + d.skipped)
+            continue
         if d.sherpa_error:
             lines.append(head + f"sherpa-onnx refused the model: {d.sherpa_error}")
             continue
@@ -190,9 +224,31 @@ def render_validation(r: ValidationReport, verbose: bool = False) -> str:
                          f"{div.get('kind')} decision, ours {div.get('ours', div.get('baseline'))} vs sherpa-onnx "
                          f"{div.get('theirs', div.get('sherpa'))}, margin {div.get('margin')}; "
                          f"sherpa-onnx context {div.get('sherpa_context')}")
-    verdict = "valid: matches the reference layout and decodes like the baseline" if r.valid else (
-        "not valid: " + ("structure differs (see fixable/breaking above; run sherpa-fixed prepare for fixable ones)"
-                         if not r.structure_ok else "") + (" " if not r.structure_ok and not r.decodes_agree else "")
-        + ("decodes do not agree" if not r.decodes_agree else ""))
-    lines.append(verdict)
+    lines.append(verdict_line(r))
+    lines += [f"next: {step}" for step in r.unusable]
     return "\n".join(lines)
+
+
+def verdict_line(r: ValidationReport) -> str:
+    """valid, or each reason it is not, each true of what ran (issue 11: no 'disagree' without a decode)."""
+    if r.valid:
+        return "valid: matches the reference layout and decodes like the baseline"
+    if r.unusable:
+        return "not valid: the folder cannot work (exit 2); fix it at the source first"
+    reasons = []
+    diffs = [d for ds in r.differences.values() for d in ds]
+    breaking = sum(d.category == BREAKING for d in diffs)
+    fixable = sum(d.category == FIXABLE for d in diffs)
+    if breaking:
+        reasons.append(f"{breaking} breaking difference(s): prepare cannot fix them (see each one's reason)")
+    if fixable:
+        reasons.append(f"{fixable} fixable difference(s): " + PREPARE_ADVICE.format(folder=r.folder))
+    ran = [d for d in r.decodes if d.ran]
+    refused = [d.variant for d in r.decodes if d.sherpa_error]
+    if refused:
+        reasons.append(f"sherpa-onnx refused the {', '.join(refused)} model set, so no decode was compared")
+    if not r.decodes:
+        reasons.append("no model set was decoded")
+    if any(not d.agree for d in ran):
+        reasons.append("decodes do not agree: " + ", ".join(d.variant for d in ran if not d.agree))
+    return "not valid: " + "; ".join(reasons)

@@ -69,6 +69,9 @@ def window_params(window: int, subsampling: int, *, hop_seconds: float | None = 
                                 f"({window * frame_s:g} s)", fix="give one of --hop and --context")
     elif hop_seconds is not None:
         hop = round(hop_seconds / frame_s / s) * s
+        if not s <= hop <= window:  # else the context below comes out negative ('context -46 s', issue 11)
+            raise BadInputError(f"--hop {hop_seconds:g} s must be between one output frame ({s * frame_s:g} s) and "
+                                f"the window ({window * frame_s:g} s)", fix="choose a hop in that range")
         ctx = (window - hop) // 2 // s * s
         hop = window - 2 * ctx
     else:
