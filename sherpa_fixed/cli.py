@@ -238,9 +238,12 @@ def prepare_cmd(model_dir, output, in_place, dry_run, inline, force, verify, win
               help="Which model set to use (default: int8 on cpu when the folder has one).")
 @click.option("--window-seconds", type=Seconds(), help="Dynamic encoders: window longer audio (default 30).")
 @click.option("--overlap-seconds", type=Seconds(zero_ok=True), help="Audio shared by consecutive windows (default 2).")
+@click.option("--reference-text", "reference_texts", multiple=True, metavar="TEXT_OR_FILE",
+              help="What was said (the text, or a UTF-8 text file), once per audio file in order: print the "
+                   "word error rate with substitutions, deletions, insertions (also under --json). Needs jiwer.")
 @handle_errors
 def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, provider, int8, window_seconds,
-                   overlap_seconds):
+                   overlap_seconds, reference_texts):
     """Transcribe WAV files (PCM or float, any rate and channel count) with MODEL_DIR.
 
     Works for fixed-window (static-shape) encoders too: audio of any length is cut
@@ -253,6 +256,9 @@ def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, prov
 
     if as_json and srt:
         raise click.UsageError("choose one of --json and --srt")
+    from .checking import wer
+
+    refs = wer.references_for_files(reference_texts, len(audio)) if reference_texts else None
     recognizer = open_recognizer(model_dir, int8=int8, provider=provider, num_threads=num_threads,
                                  window_seconds=window_seconds, overlap_seconds=overlap_seconds)
     out_dir = Path(output_dir) if output_dir else None
@@ -285,7 +291,10 @@ def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, prov
             for r in results:
                 (out_dir / (Path(r.path).stem + ".json")).write_text(json.dumps(r.to_json(), indent=2) + "\n")
         else:
-            emit_json(transcript_document(model_dir, results))
+            emit_json(wer.transcribe_document_wer(transcript_document(model_dir, results), refs))
+    if refs and not (as_json and not out_dir):  # stdout carries no document: the scores go there
+        click.echo(wer.transcribe_lines([r.path for r in results], [r.text if r.ok else None for r in results],
+                                        refs), err=bool(srt and not out_dir))
     sys.exit(0 if all(r.ok for r in results) else 1)
 
 
@@ -325,8 +334,11 @@ class _AudioBar:
 @click.option("--num-threads", type=THREADS, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list the expected differences.")
+@click.option("--reference-text", metavar="TEXT_OR_FILE",
+              help="What is said in --audio (the text, or a UTF-8 text file): print each model set's word error "
+                   "rate (also under --json). Needs jiwer. (--reference names the reference layout.)")
 @handle_errors
-def validate_cmd(model_dir, reference, audio, provider, variants, num_threads, as_json, verbose):
+def validate_cmd(model_dir, reference, audio, provider, variants, num_threads, as_json, verbose, reference_text):
     """Check MODEL_DIR against the parakeet-tdt-0.6b release layouts and decode audio two ways.
 
     The layout is fp32+int8 (the export script's) or int8-only (sherpa-onnx's int8
@@ -340,14 +352,19 @@ def validate_cmd(model_dir, reference, audio, provider, variants, num_threads, a
     Exit code: 0 valid and both decodes agree, 1 otherwise, 2 unusable input (a folder that
     cannot work, an unreadable --audio or --reference).
     """
+    from .checking import wer
     from .checking.validate import render_validation, validate_folder
 
+    transcript = wer.reference_for_audio(reference_text, audio) if reference_text else None
     report = validate_folder(model_dir, reference=reference, audio=audio, provider=provider,
                              variants=list(variants) or None, threads=num_threads)
     if as_json:
-        emit_json(report.to_json())
+        emit_json(wer.validate_document_wer(report.to_json(), transcript))
     else:
         click.echo(render_validation(report, verbose=verbose))
+        if transcript is not None:
+            click.echo(wer.validate_lines([d.variant for d in report.decodes], [d.text for d in report.decodes],
+                                          transcript))
     sys.exit(report.exit_code)
 
 

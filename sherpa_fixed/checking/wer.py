@@ -155,3 +155,65 @@ def references_for(values: Sequence[str], count: int) -> list[str]:
         raise BadInputError(f"{len(values)} reference transcript(s) for {count} audio file(s)",
                             fix="give --reference-text once per audio file, in the same order")
     return [read_reference(v) for v in values]
+
+
+# ----------------------------------------------------------------------------- the CLI's --reference-text
+
+
+def references_for_files(values: Sequence[str], count: int) -> list[str]:
+    """`transcribe --reference-text`: checked (and jiwer found) before any audio is decoded."""
+    refs = references_for(values, count)
+    _jiwer()
+    return refs
+
+
+def reference_for_audio(value: str, audio: str | None) -> str:
+    """`validate --reference-text`: the transcript of --audio (the generated tones have no words)."""
+    if audio is None:
+        raise BadInputError("--reference-text needs --audio: the default generated audio is tones, not words",
+                            fix="add --audio WAV with the recording the transcript belongs to")
+    ref = read_reference(value)
+    _jiwer()
+    return ref
+
+
+def _score(hypothesis: str | None, reference: str) -> WordErrors | None:
+    return None if hypothesis is None else word_errors(reference, hypothesis)
+
+
+def transcribe_document_wer(doc: dict, references: Sequence[str] | None) -> dict:
+    """Add "wer" to each file of a `transcribe --json` document (null when it failed) and a corpus total."""
+    if not references:
+        return doc
+    scored_ = [_score(f["text"] if f["ok"] else None, ref) for f, ref in zip(doc["files"], references, strict=True)]
+    for f, e in zip(doc["files"], scored_, strict=True):
+        f["wer"] = None if e is None else e.to_json()
+    done = [e for e in scored_ if e is not None]
+    doc["wer"] = dict(total(done).to_json(), files_scored=len(done), standard_error=standard_error(done))
+    return doc
+
+
+def transcribe_lines(paths: Sequence[str], texts: Sequence[str | None], references: Sequence[str]) -> str:
+    """One WER line per file (and a total for several) for `transcribe --reference-text`."""
+    scored_ = [_score(t, r) for t, r in zip(texts, references, strict=True)]
+    lines = [f"{p}: " + ("not transcribed" if e is None else e.line()) for p, e in zip(paths, scored_, strict=True)]
+    if len(paths) == 1:
+        return lines[0].split(": ", 1)[1]
+    done = [e for e in scored_ if e is not None]
+    return "\n".join([*lines, f"all {len(done)} transcribed files: {total(done).line()}"])
+
+
+def validate_document_wer(doc: dict, reference: str | None) -> dict:
+    """Add "wer" to each decode of a `validate --json` document (null where sherpa-onnx refused the model)."""
+    if reference is not None:
+        for d in doc["decodes"]:
+            e = _score(d.get("text"), reference)
+            d["wer"] = None if e is None else e.to_json()
+    return doc
+
+
+def validate_lines(variants: Sequence[str], texts: Sequence[str | None], reference: str) -> str:
+    """One WER line per model set (fp32, int8) for `validate --reference-text`."""
+    return "\n".join(f"  [{v}] " + ("no transcript (sherpa-onnx refused the model)" if t is None
+                                    else "sherpa-onnx transcript: " + word_errors(reference, t).line())
+                     for v, t in zip(variants, texts, strict=True))
