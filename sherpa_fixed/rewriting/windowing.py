@@ -152,8 +152,9 @@ def window_encoder(model: onnx.ModelProto, params: WindowParams) -> onnx.ModelPr
     b = _G("sfw/win/")
     # loop inputs
     k, cond_in, acc_in = "sfw/win/k", "sfw/win/cond_in", "sfw/win/acc_in"
+    audio_in = "audio_signal"  # the graph input, read from the outer scope
     # outer-scope values the body reads (defined in the batch body below)
-    feats, len_b, n_windows, total_out = "sfw/item/feats_pad", "sfw/item/len", "sfw/item/n_windows", \
+    item_i1, len_b, n_windows, total_out = "sfw/item/i1", "sfw/item/len", "sfw/item/n_windows", \
         "sfw/item/total_out"
     zero, one = b.const(0), b.const(1)
     start_reg = b.op("Mul", [k, b.const(H)])
@@ -162,8 +163,13 @@ def window_encoder(model: onnx.ModelProto, params: WindowParams) -> onnx.ModelPr
     last = b.op("Max", [last, zero])
     start = b.op("Min", [start_reg, last])
     start1 = b.op("Unsqueeze", [start, b.const([0])])
-    end1 = b.op("Add", [start1, b.const([W])])
-    window = b.op("Slice", [feats, start1, end1, b.const([2])])
+    # Cut the window straight out of the input (no copy of the whole utterance: an hour of 80-mel
+    # features is 115 MB) and zero-pad only a window that reaches past the real frames.
+    real_end1 = b.op("Unsqueeze", [b.op("Min", [b.op("Add", [start, b.const(W)]), len_b]), b.const([0])])
+    cut = b.op("Slice", [audio_in, b.op("Concat", [item_i1, start1], axis=0),
+                         b.op("Concat", [b.op("Add", [item_i1, b.const([1])]), real_end1], axis=0), b.const([0, 2])])
+    short = b.op("Sub", [b.const([W]), b.op("Sub", [real_end1, start1])])
+    window = b.op("Pad", [cut, b.op("Concat", [b.const([0, 0, 0, 0, 0]), short], axis=0)], mode="constant")
     wlen = b.op("Min", [b.const(W), b.op("Sub", [len_b, start])])
     wlen1 = b.op("Unsqueeze", [wlen, b.const([0])])
     if len_type != TensorProto.INT64:
@@ -201,15 +207,10 @@ def window_encoder(model: onnx.ModelProto, params: WindowParams) -> onnx.ModelPr
     m = _G("sfw/item/")
     i, icond_in, icond_out = "sfw/item/i", "sfw/item/cond_in", "sfw/item/cond_out"
     audio, lengths, max_out = "audio_signal", "length", "sfw/max_out"
-    i1 = m.op("Unsqueeze", [i, m.const([0])])
+    i1 = item_i1
+    m.nodes.append(helper.make_node("Unsqueeze", [i, m.const([0])], [i1], name="sfw/item/i1"))
     m.nodes.append(helper.make_node("Squeeze", [m.op("Cast", [m.op("Gather", [lengths, i1])], to=TensorProto.INT64)],
                                     [len_b], name="sfw/item/len"))
-    item = m.op("Slice", [audio, i1, m.op("Add", [i1, m.const([1])]), m.const([0])])  # (1, F, Lmax)
-    item = m.op("Slice", [item, m.const([0]), m.op("Unsqueeze", [len_b, m.const([0])]), m.const([2])])
-    need = m.op("Max", [m.const(W), m.op("Add", [len_b, m.const(S)])])  # room for the grid-aligned last window
-    pads = m.op("Concat", [m.const([0, 0, 0, 0, 0]), m.op("Unsqueeze", [m.op("Sub", [need, len_b]), m.const([0])])],
-                axis=0)
-    m.nodes.append(helper.make_node("Pad", [item, pads], [feats], name="sfw/item/pad", mode="constant"))
     over = m.op("Max", [m.op("Sub", [len_b, m.const(W)]), m.const(0)])
     extra = m.op("Div", [m.op("Add", [over, m.const(H - 1)]), m.const(H)])
     m.nodes.append(helper.make_node("Add", [extra, m.const(1)], [n_windows], name="sfw/item/n_windows"))
