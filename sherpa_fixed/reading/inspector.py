@@ -380,7 +380,7 @@ def inspect_variant(
         findings.append(Finding("info", "encoder.max_length",
                                 f"{enc.name}: positional limit {positional['seconds']:g} s "
                                 f"({positional['output_frames']} output frames; {how}); longer input fails in the "
-                                "attention's Add", None, enc.name))
+                                "attention's Add, and one frame over runs with a wrong encoding", None, enc.name))
     if window is not None:  # its positional table and fixed sizes live inside the Loop, per window
         findings = [f for f in findings if not f.code.startswith(("encoder.time_fixed", "encoder.max_length"))]
         findings.append(Finding("info", "encoder.windowed",

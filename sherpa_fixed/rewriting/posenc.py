@@ -244,9 +244,12 @@ def recover_div(table: PosTable, model_path: Path, k: int = 4) -> tuple[np.ndarr
     positions = np.arange(table.max_frames - 1, table.max_frames - 1 - n, -1)
     cands = _neighbours(formula_div(table.d_model), k)  # (2k+1, d/2)
     angle = (positions.astype(np.float32)[:, None, None] * cands[None]).astype(np.float64)  # (n, c, d/2)
-    err = np.maximum(np.abs(np.sin(angle) - stored[:, None, 0::2]), np.abs(np.cos(angle) - stored[:, None, 1::2]))
+    # compare float32 rows, so candidates that make the same rows tie exactly; ties go to the formula's value
+    sin32, cos32 = np.sin(angle).astype(np.float32), np.cos(angle).astype(np.float32)
+    err = np.maximum(np.abs(sin32 - stored[:, None, 0::2]), np.abs(cos32 - stored[:, None, 1::2]))
     worst = err.max(axis=0)  # (c, d/2)
-    pick = worst.argmin(axis=0)
+    offset = np.abs(np.arange(-k, k + 1))[:, None]
+    pick = np.lexsort((np.broadcast_to(offset, worst.shape), worst), axis=0)[0]
     div = cands[pick, np.arange(cands.shape[1])]
     return div, float(worst[pick, np.arange(cands.shape[1])].max())
 
