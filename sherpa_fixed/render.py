@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .reading.axes import Port
-from .reading.findings import WORKS, next_steps
+from .reading.findings import CANNOT_WORK, WORKS, next_steps
 from .reading.inspector import FolderReport, VariantReport
 from .rewriting.prepare import PrepareResult
 
@@ -52,7 +52,11 @@ def render_variant(v: VariantReport, verbose: bool = False) -> list[str]:
         for key, m in meas.values.items():
             lines.append(f"    {key} = {m.value}  ({m.source})")
     lines.append(f"  family: {v.recipe.family if v.recipe else 'unknown'} ({v.recipe_reason})")
-    lines.append("  metadata (sherpa-onnx reads from the encoder):")
+    if v.verdict.code == CANNOT_WORK:  # prepare refuses such a folder: '->' is a measurement, not a plan
+        lines.append("  metadata (sherpa-onnx reads from the encoder; '->' is what the files measure, prepare "
+                     "writes nothing until the ✗ below are fixed):")
+    else:
+        lines.append("  metadata (sherpa-onnx reads from the encoder):")
     for a in v.metadata_audit:
         cur = "-" if a.current is None else repr(a.current)
         exp = "" if a.expected is None or a.status == "ok" else f" -> {a.expected!r}"
@@ -106,7 +110,8 @@ def render_prepare(r: PrepareResult) -> str:
     if r.nothing_to_do and plan.blockers:  # e.g. a baked time axis: no rewrite of prepare's fixes it
         lines.append("  nothing prepare can change fixes this folder (see ✗ below)")
     elif r.nothing_to_do:
-        lines.append("  nothing needs doing: sherpa-onnx accepts this folder as it is")
+        lines.append("  nothing needs doing: sherpa-onnx accepts this folder as it is"
+                     + (f" (its files are copied to {r.target} unchanged)" if r.mode == "output" else ""))
     else:
         lines.append("  changes:")
         lines += [f"    {c.line()}" for c in plan.changes]

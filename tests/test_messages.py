@@ -286,3 +286,31 @@ def test_validate_help_states_the_generated_audio_length():
     _, out, _ = run("validate", "--help")
     said = float(re.search(r"about (\d+) s of generated", " ".join(out.split())).group(1))
     assert abs(said - len(generated_audio()) / 16000) < 1
+
+
+def test_fp32_asked_of_an_int8_only_folder_is_refused(tmp_path):
+    """--fp32 on sherpa-onnx's int8-only release used to decode with the int8 set without a word."""
+    folder = write_model_folder(tmp_path / "m", int8=True)
+    for name in ("encoder.onnx", "decoder.onnx", "joiner.onnx"):
+        (folder / name).unlink()
+    wav = tmp_path / "a.wav"
+    write_wav(wav, np.random.default_rng(0).standard_normal(16000) * 0.1, 16000)
+    code, out, err = run("transcribe", folder, wav, "--fp32")
+    assert code == 2 and out == "" and "no fp32 model set" in err and "int8" in err
+    assert run("transcribe", folder, wav, "--int8")[0] == 0
+
+
+def test_cannot_work_metadata_table_does_not_promise_a_rewrite(tmp_path):
+    folder = write_model_folder(tmp_path / "m")
+    tokens = folder / "tokens.txt"
+    tokens.write_text(tokens.read_text().replace("<unk> 0", "<unk> 1"))  # tokens.txt now measures 15 words
+    code, out, _ = run("inspect", folder)
+    assert code == 2 and "-> '15'" in out
+    assert "prepare writes nothing until the ✗ below are fixed" in out
+    assert "sherpa-fixed prepare" not in out
+
+
+def test_output_of_a_folder_that_needs_nothing_says_it_was_copied(tmp_path):
+    folder = write_model_folder(tmp_path / "m")
+    code, out, _ = run("prepare", folder, "--output", tmp_path / "out")
+    assert code == 0 and f"copied to {tmp_path / 'out'} unchanged" in out and "done:" not in out

@@ -211,6 +211,9 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
         want = ("int8" if (int8 or (int8 is None and provider == "cpu")) else "fp32")
         if int8 is True and "int8" not in layout.variants:
             raise BadInputError("no int8 model set (encoder.int8.onnx)", path=model_dir)
+        if int8 is False and "fp32" not in layout.variants:  # was: the int8 set, silently
+            raise BadInputError("no fp32 model set (encoder.onnx); the folder has " + ", ".join(layout.variants),
+                                path=model_dir)
         ms = layout.variants.get(want) or layout.variants.get("fp32") or next(iter(layout.variants.values()))
         if layout.bpe_vocab and "bpe_vocab" not in kwargs:
             kwargs["bpe_vocab"] = str(layout.bpe_vocab)

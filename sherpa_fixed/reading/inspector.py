@@ -61,6 +61,13 @@ class ModelReport:
         }
 
 
+def _quantization(g: GraphFile) -> dict | None:
+    """How the graph was quantized (operators, weight types, sherpa-fixed's record), or None for float."""
+    from ..quantizing.report import describe
+
+    return describe(g.model, g.metadata)
+
+
 @dataclass
 class VariantReport:
     name: str
