@@ -256,6 +256,15 @@ def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, prov
 
     if as_json and srt:
         raise click.UsageError("choose one of --json and --srt")
+    if output_dir:  # one file per input, named by its stem: two different inputs must not share one
+        by_stem: dict[str, set[Path]] = {}
+        for p in audio:
+            by_stem.setdefault(Path(p).stem, set()).add(Path(p).resolve())
+        clash = next((s for s, ps in by_stem.items() if len(ps) > 1), None)
+        if clash is not None:
+            raise click.UsageError(f"several inputs are named {clash}.*; with --output-dir each would write "
+                                   f"{clash}{'.json' if as_json else '.srt' if srt else '.txt'}: transcribe them in "
+                                   "separate runs or to separate folders")
     from .checking import wer
 
     refs = wer.references_for_files(reference_texts, len(audio)) if reference_texts else None

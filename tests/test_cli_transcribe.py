@@ -92,3 +92,14 @@ def test_unprepared_model_says_run_prepare(make_folder, tmp_path):
     write_wav(tmp_path / "a.wav", np.random.default_rng(0).standard_normal(16000) * 0.1, 16000)
     code, _, err = run("transcribe", folder, tmp_path / "a.wav")
     assert code == 2 and "sherpa-fixed prepare" in err and err.count("\n") == 1
+
+
+def test_output_dir_refuses_two_inputs_that_would_write_one_file(oracle_files, tmp_path):
+    """a/x.wav and b/x.wav both became out/x.txt: the first transcript was overwritten without a word."""
+    model, wav, _, _ = oracle_files
+    other = tmp_path / "b" / wav.name
+    other.parent.mkdir()
+    other.write_bytes(wav.read_bytes())
+    code, _, err = run("transcribe", model, wav, other, "-o", tmp_path / "out")
+    assert code == 2 and f"{wav.stem}.txt" in err and not (tmp_path / "out").exists()
+    assert run("transcribe", model, wav, wav, "-o", tmp_path / "same")[0] == 0  # the same file twice is fine
