@@ -272,3 +272,14 @@ def test_a_reference_that_is_not_a_layout_is_one_line(make_folder, tmp_path, con
     code, out, err = run("validate", make_folder(), "--reference", ref)
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert "not a reference layout" in err and "parakeet-tdt-0.6b" in err and "internal error" not in err
+
+
+def test_audio_too_short_or_without_tokens(make_folder, tmp_path):
+    folder = make_folder()
+    tiny, short = tmp_path / "tiny.wav", tmp_path / "short.wav"
+    write_wav(tiny, np.full(50, 0.3), 16000)  # under one feature frame: was an internal error (exit 3)
+    write_wav(short, np.random.default_rng(1).standard_normal(400) * 0.3, 16000)
+    code, out, err = run("validate", folder, "--audio", tiny)
+    assert code == 2 and out == "" and "too short to decode" in err
+    code, out, _ = run("validate", folder, "--audio", short)  # 25 ms of noise: this model emits nothing
+    assert code == 0 and "both emitted no token" in out and "proves little" in out and "all 0 tokens" not in out

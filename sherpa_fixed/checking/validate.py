@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..decoding.audio import check_audible, read_wav, resample
+from ..decoding.audio import check_audible, check_decodable, read_wav, resample
 from ..decoding.sherpa_check import run_recognizer
 from ..errors import EXIT_BAD_INPUT, EXIT_NEEDS_FIX, EXIT_OK
 from ..reading.findings import CANNOT_WORK, PREPARE_ADVICE, next_steps
@@ -165,6 +165,7 @@ def validate_folder(folder: str | os.PathLike, *, reference: str = DEFAULT_REFER
         if report.verdict.code == CANNOT_WORK else []
     if audio is not None:
         a = read_wav(audio)
+        check_decodable(a)
         check_audible(a)
         samples = resample(a.samples, a.sample_rate, 16000)
         label = str(audio)
@@ -209,7 +210,10 @@ def render_validation(r: ValidationReport, verbose: bool = False) -> str:
             lines.append(head + f"sherpa-onnx refused the model: {d.sherpa_error}")
             continue
         ties = f", {len(d.ties)} near-ties within {d.tie_tolerance} resolved as sherpa-onnx did" if d.ties else ""
-        if d.agree and d.agreement == "exact":
+        if d.agree and d.tokens == 0:
+            lines.append(head + f"sherpa-onnx {d.sherpa_version} and the Python baseline ({d.baseline_provider}) "
+                         "both emitted no token: they agree, but this audio proves little about decoding")
+        elif d.agree and d.agreement == "exact":
             lines.append(head + f"sherpa-onnx {d.sherpa_version} and the Python baseline ({d.baseline_provider}) "
                          f"agree on all {d.tokens} tokens in {d.windows} window(s){ties}")
         elif d.agree:
