@@ -26,13 +26,10 @@ from pathlib import Path
 import onnx
 from onnx import ModelProto, TensorProto
 
-from .stubs import Ref, Store, all_tensors, make_stub, stub_external, stub_key
+from .stubs import Ref, Store, all_tensors, clear_stub, make_stub, stub_external, stub_key
 
 Tick = Callable[[int], None]  # bytes of fp32 weights just read
 
-# Kept in memory after quantizing: LSTMQuant re-reads the two int8 tensors it has just made (W and R)
-# to transpose them, so the newest two are spilled only once later weights come.
-KEEP_NEWEST = 2
 SPILL_MIN = 1024  # int8 tensors under onnx.save's threshold stay in the graph
 
 
@@ -77,57 +74,75 @@ def _quantizer_class():
     _, ONNXQuantizer, *_ = _ort()
 
     class StreamingQuantizer(ONNXQuantizer):
-        """ONNXQuantizer whose weights are read when quantized and written out right after."""
+        """ONNXQuantizer whose weights are read when quantized and written out right after.
+
+        Bytes never enter the model proto: protobuf (upb) keeps a cleared field's memory in the
+        message's arena until the whole model is freed, so filling and clearing tensors in place
+        would grow to the size of the model. Each weight's values go into a fresh TensorProto that
+        the quantizer is shown instead of the stub, and each int8 tensor it makes is spilled to
+        disk before it is added to the model.
+        """
 
         store: Store
         spill: Spill
         tick: Tick | None
-        pending: list[str]
+        keep: set[str]  # weights whose int8 form the quantizer reads back (LSTM: it transposes them)
+
+        def _full(self, t: TensorProto) -> TensorProto:
+            ref = self.store.ref_of(t)
+            if ref is None:
+                return t
+            full = TensorProto()
+            full.CopyFrom(t)
+            clear_stub(full)
+            full.raw_data = self.store.read(ref)
+            if self.tick:
+                self.tick(ref.length)
+            return full
 
         @contextlib.contextmanager
-        def _values(self, t: TensorProto) -> Iterator[None]:
-            filled = self.store.fill(t)
-            if self.tick:
-                self.tick(len(t.raw_data))
+        def _spilling(self, weight_name: str) -> Iterator[None]:
+            onnx_model = self.model
+            add = onnx_model.initializer_extend
+
+            def extend(inits):
+                if weight_name not in self.keep:
+                    for t in inits:
+                        if len(t.raw_data) >= SPILL_MIN and stub_key(t) is None:
+                            self.spill.put(t)
+                return add(inits)
+
+            onnx_model.initializer_extend = extend
             try:
                 yield
             finally:
-                if filled:
-                    self.store.unfill(t)
+                del onnx_model.initializer_extend
 
-        def _made(self, q_name: str) -> None:
-            self.pending.append(q_name)
-            self.spill_pending(keep=KEEP_NEWEST)
-
-        def spill_pending(self, keep: int = 0) -> None:
-            if len(self.pending) <= keep:
+        @contextlib.contextmanager
+        def _showing(self, full: TensorProto | None) -> Iterator[None]:
+            onnx_model = self.model
+            if full is None or stub_key(full) is not None:
+                yield
                 return
-            names = set(self.pending[: len(self.pending) - keep])
-            self.pending = self.pending[len(self.pending) - keep:]
-            for t in reversed(self.model.model.graph.initializer):  # new tensors are at the end
-                if t.name in names:
-                    names.discard(t.name)
-                    if len(t.raw_data) >= SPILL_MIN and stub_key(t) is None:
-                        self.spill.put(t)
-                    if not names:
-                        break
+            graph = onnx_model.model.graph
+            onnx_model.initializer = lambda: [full if t.name == full.name else t for t in graph.initializer]
+            try:
+                yield
+            finally:
+                del onnx_model.initializer
 
         def quantize_initializer_impl(self, weight, qType, reduce_range=False, keep_float_weight=False):
-            with self._values(weight):
-                out = super().quantize_initializer_impl(weight, qType, reduce_range, keep_float_weight)
-            if not keep_float_weight:
-                self._made(out[0])
-            return out
+            full = self._full(weight)
+            with self._spilling(weight.name):
+                return super().quantize_initializer_impl(full, qType, reduce_range, keep_float_weight)
 
         def quantize_weight_per_channel_impl(self, weight_name, weight_qType, channel_axis, reduce_range=True,
                                              keep_float_weight=False):
             weight = self.model.get_initializer(weight_name)
-            with self._values(weight) if weight is not None else contextlib.nullcontext():
-                out = super().quantize_weight_per_channel_impl(weight_name, weight_qType, channel_axis, reduce_range,
-                                                               keep_float_weight)
-            if not keep_float_weight:
-                self._made(out[0])
-            return out
+            full = self._full(weight) if weight is not None else None
+            with self._spilling(weight_name), self._showing(full):
+                return super().quantize_weight_per_channel_impl(weight_name, weight_qType, channel_axis,
+                                                                reduce_range, keep_float_weight)
 
     return StreamingQuantizer
 
@@ -171,8 +186,10 @@ def _materialize_gemm_b(model: ModelProto, store: Store) -> None:
     for node in model.graph.node:
         if node.op_type == "Gemm" and len(node.input) > 1 and node.input[1] in inits:
             t = inits[node.input[1]]
-            if store.fill(t):
-                del t.external_data[:]
+            ref = store.ref_of(t)
+            if ref is not None:
+                clear_stub(t)
+                t.raw_data = store.read(ref)
 
 
 def quantize_graph(src: Path, *, weight_type: str, per_channel: bool = False, nodes_to_exclude: Sequence[str] = (),
@@ -187,14 +204,14 @@ def quantize_graph(src: Path, *, weight_type: str, per_channel: bool = False, no
         model = update_opset_version(model, qtype)
         cls = _quantizer_class()
         quantizer = cls.__new__(cls)
-        quantizer.store, quantizer.spill, quantizer.tick, quantizer.pending = store, spill, tick, []
+        quantizer.store, quantizer.spill, quantizer.tick = store, spill, tick
+        quantizer.keep = {i for n in model.graph.node if n.op_type == "LSTM" for i in n.input[1:3]}
         # quantize_dynamic's arguments with sherpa-onnx's settings: static=False, reduce_range=False,
         # activations QUInt8, all of IntegerOpsRegistry, nodes_to_quantize=[], MatMulConstBOnly.
         cls.__init__(quantizer, model, per_channel, False, QuantizationMode.IntegerOps, False, qtype,
                      QuantType.QUInt8, None, [], list(nodes_to_exclude), list(IntegerOpsRegistry.keys()),
                      {"MatMulConstBOnly": True})
         quantizer.quantize_model()
-        quantizer.spill_pending()
         out = quantizer.model
         out.topological_sort()
     count = sum(1 for t in out.model.graph.initializer if t.name.endswith("_quantized"))

@@ -10,13 +10,12 @@ copy and save/reload the quantizer makes, because the reference is kept in
 the proto itself (an `external_data` entry under our own key, with the data
 location left DEFAULT so onnx.load never tries to read it).
 
-When a tensor's values are really needed (quantizing it), `fill` reads
-exactly that range; `unfill` drops the bytes again.
+When a tensor's values are really needed (quantizing it), `Store.read`
+reads exactly that range.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +41,15 @@ class Ref:
 
 
 class Store:
-    """The registry of stubs and the files their bytes live in (mapped read-only, read on demand)."""
+    """The registry of stubs and the files their bytes live in, read with bounded positional reads.
+
+    Reads are `pread` into a fresh bytes object, not slices of a memory map: mapped pages
+    would stay resident (and be counted) long after the tensor was quantized.
+    """
 
     def __init__(self) -> None:
         self.refs: dict[str, Ref] = {}
-        self._maps: dict[Path, tuple[object, mmap.mmap | None]] = {}
+        self._fds: dict[Path, int] = {}
 
     def add(self, ref: Ref) -> str:
         key = str(len(self.refs))
@@ -58,42 +61,28 @@ class Store:
         return self.refs.get(key) if key is not None else None
 
     def read(self, ref: Ref) -> bytes:
-        m = self._map(ref.path)
-        if m is None or ref.offset + ref.length > len(m):
-            raise BadInputError(f"ends before byte {ref.offset + ref.length}", path=ref.path,
-                                fix="the weights file is truncated; re-download or re-export it")
-        return m[ref.offset:ref.offset + ref.length]
-
-    def _map(self, path: Path) -> mmap.mmap | None:
-        if path not in self._maps:
-            f = open(path, "rb")  # noqa: SIM115 - kept open for the mapping's lifetime
-            size = os.fstat(f.fileno()).st_size
-            self._maps[path] = (f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None)
-        return self._maps[path][1]
+        fd = self._fds.get(ref.path)
+        if fd is None:
+            fd = self._fds[ref.path] = os.open(ref.path, os.O_RDONLY)
+        parts = []
+        got = 0
+        while got < ref.length:
+            chunk = os.pread(fd, ref.length - got, ref.offset + got)
+            if not chunk:
+                raise BadInputError(f"ends before byte {ref.offset + ref.length}", path=ref.path,
+                                    fix="the weights file is truncated; re-download or re-export it")
+            parts.append(chunk)
+            got += len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def forget(self, path: Path) -> None:
-        """Unmap a file (the scratch file is appended to, so its mapping goes stale)."""
-        f, m = self._maps.pop(path, (None, None))
-        if m is not None:
-            m.close()
-        if f is not None:
-            f.close()
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            os.close(fd)
 
     def close(self) -> None:
-        for path in list(self._maps):
+        for path in list(self._fds):
             self.forget(path)
-
-    def fill(self, t: TensorProto) -> bool:
-        """Put a stub's bytes into it (True if it was a stub)."""
-        ref = self.ref_of(t)
-        if ref is None:
-            return False
-        t.raw_data = self.read(ref)
-        return True
-
-    def unfill(self, t: TensorProto) -> None:
-        if stub_key(t) is not None:
-            t.ClearField("raw_data")
 
 
 def stub_key(t: TensorProto) -> str | None:
