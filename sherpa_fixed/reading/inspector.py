@@ -58,6 +58,7 @@ class ModelReport:
             "outputs": [p.to_json() for p in self.outputs],
             "metadata": dict(g.metadata),
             "external_data": self.external.to_json(),
+            "quantization": _quantization(g),
         }
 
 
