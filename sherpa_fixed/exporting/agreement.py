@@ -59,8 +59,35 @@ def nemo_greedy(model, torch, features: np.ndarray) -> tuple[np.ndarray, int, li
     return enc.numpy(), int(enc_len[0]), [int(i) for i in ids]
 
 
+# Tokens one frame may emit in sherpa-onnx's greedy search: offline-transducer-greedy-search-nemo-decoder.cc,
+# DecodeOneTDT (max_tokens_per_frame = 5) and DecodeOne (max_symbols_per_frame = 10).
+SHERPA_MAX_SYMBOLS = {True: 5, False: 10}
+
+
+def match_sherpa_cap(model, tdt: bool) -> int | None:
+    """Set NeMo's greedy max_symbols to sherpa-onnx's per-frame cap; returns the checkpoint's own value.
+
+    Only a model emitting more than 5 tokens on one frame (random weights do; trained ones do not)
+    can tell the two apart; everything else about the search is NeMo's own.
+    """
+    import copy
+
+    from omegaconf import open_dict
+
+    cfg = copy.deepcopy(model.cfg.decoding)
+    with open_dict(cfg):
+        own = cfg.get("greedy", {}).get("max_symbols")
+        cfg.setdefault("greedy", {})
+        cfg.greedy.max_symbols = SHERPA_MAX_SYMBOLS[tdt]
+    kw = {"decoder_type": "rnnt"} if hasattr(model, "cur_decoder") else {}
+    model.change_decoding_strategy(cfg, verbose=False, **kw)
+    return own
+
+
 def nemo_reference(model, torch, samples: np.ndarray, feat_dim: int, normalize_type: str,
-                   vocabulary: list[str]) -> NemoReference:
+                   vocabulary: list[str], tdt: bool | None = None) -> NemoReference:
+    if tdt is not None:
+        match_sherpa_cap(model, tdt)
     feats = nemo_features(samples, feat_dim, normalize_type)
     enc, n, ids = nemo_greedy(model, torch, feats)
     return NemoReference(samples.astype(np.float32), feats, enc, n, ids, [as_sherpa(vocabulary[i]) for i in ids])

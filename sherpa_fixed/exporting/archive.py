@@ -71,6 +71,8 @@ def read_archive(path: str | Path) -> NemoArchive:
                 elif name == WEIGHTS and m.isfile():
                     weights = m
     except (tarfile.TarError, EOFError, OSError, UnicodeError) as exc:
+        if weights is not None and not compressed:
+            _refuse_cut_short(path, weights)
         raise BadInputError(f"corrupt .nemo archive ({type(exc).__name__}: {exc})", path=path,
                             fix="the file is truncated or damaged; re-download or re-save it") from exc
     if config_text is None:
@@ -79,11 +81,16 @@ def read_archive(path: str | Path) -> NemoArchive:
     if weights is None:
         raise BadInputError(f"the .nemo archive has no {WEIGHTS}", path=path,
                             fix="the checkpoint is incomplete; re-download or re-save it")
-    if not compressed and weights.offset_data + weights.size > path.stat().st_size:
-        raise BadInputError(f"corrupt .nemo archive: {WEIGHTS} is cut short "
-                            f"({path.stat().st_size - weights.offset_data} of {weights.size} bytes)", path=path,
-                            fix="the file is truncated; re-download or re-save it")
+    if not compressed:
+        _refuse_cut_short(path, weights)
     return NemoArchive(path, compressed, config_text, weights.size, members)
+
+
+def _refuse_cut_short(path: Path, weights: tarfile.TarInfo) -> None:
+    have = path.stat().st_size - weights.offset_data
+    if have < weights.size:
+        raise BadInputError(f"corrupt .nemo archive: {WEIGHTS} is cut short ({max(have, 0)} of {weights.size} "
+                            "bytes)", path=path, fix="the file is truncated; re-download or re-save it")
 
 
 def classify(config: dict) -> tuple[str, str]:

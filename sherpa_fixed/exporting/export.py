@@ -40,7 +40,7 @@ Progress = Callable[[str, int, int], None]
 Notice = Callable[[str], None]
 
 SCHEMA = "sherpa-fixed/export"
-CHECK_SECONDS = 12.0
+CHECK_SECONDS = 8.0  # random-weight models emit up to 10 tokens a frame; NeMo's greedy takes ~10 ms each
 MARGIN = 64 << 20
 
 
@@ -125,7 +125,7 @@ def check_audio(audio: str | os.PathLike | None, static_frames: int | None) -> n
     else:
         from ..checking.validate import generated_audio
 
-        samples = generated_audio(CHECK_SECONDS)
+        samples = generated_audio(CHECK_SECONDS)[: int(CHECK_SECONDS * 16000)]
     samples = np.asarray(samples, dtype=np.float32)
     if static_frames:
         n = static_frames * 160 - 80
@@ -169,10 +169,13 @@ def export_nemo(
     if static_frames is not None and static_frames < 1:
         raise BadInputError(f"--static-frames must be a positive number of feature frames, got {static_frames}")
     archive = read_archive(source)
-    from .extra import require_extra
+    try:
+        import yaml  # comes with the extra (omegaconf); cheap, unlike torch and NeMo
+    except ImportError:
+        from .extra import require_extra
 
-    torch, nemo_asr, nemo_version = require_extra()
-    import yaml
+        require_extra()
+        raise
 
     try:
         config = yaml.safe_load(archive.config_text) or {}
@@ -201,6 +204,9 @@ def export_nemo(
             raise BadInputError(f"--int8 cannot run: {why}", fix="export without --int8 now, and quantize the folder "
                                 "later with `sherpa-fixed quantize`; nothing was written")
     samples = check_audio(audio, static_frames) if check else None
+    from .extra import require_extra
+
+    torch, nemo_asr, nemo_version = require_extra()  # 10 s of imports: only once the input is known good
 
     result = ExportResult(source, out, {}, {})
     staging = temp_path(out, "tmp")
@@ -236,7 +242,7 @@ def export_nemo(
 
             t = time.perf_counter()
             reference = nemo_reference(model, torch, samples, facts.feat_dim, facts.normalize_type,
-                                       facts.vocabulary)
+                                       facts.vocabulary, tdt=facts.tdt)
             result.seconds["nemo_reference"] = time.perf_counter() - t
         from .assemble import move_small, write_bpe_vocab, write_encoder, write_tokens
 
