@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .reading.axes import Port
-from .reading.findings import CANNOT_WORK, WORKS, next_steps
+from .reading.findings import CANNOT_WORK, WORKS, report_steps
 from .reading.inspector import FolderReport, VariantReport
 from .rewriting.prepare import PrepareResult
 
@@ -97,8 +97,8 @@ def render_report(r: FolderReport, verbose: bool = False) -> str:
 
 
 def report_next_steps(r: FolderReport) -> list[str]:
-    """The report's advice, from its error findings (findings.next_steps), for every model set at once."""
-    return next_steps([f for v in r.variants for f in v.findings], str(r.layout.root))
+    """The report's advice, from its error findings (findings.report_steps), for every model set at once."""
+    return report_steps(r)
 
 
 def render_prepare(r: PrepareResult) -> str:

@@ -314,3 +314,20 @@ def test_output_of_a_folder_that_needs_nothing_says_it_was_copied(tmp_path):
     folder = write_model_folder(tmp_path / "m")
     code, out, _ = run("prepare", folder, "--output", tmp_path / "out")
     assert code == 0 and f"copied to {tmp_path / 'out'} unchanged" in out and "done:" not in out
+
+
+def test_advice_for_files_from_several_folders_gathers_them_first(tmp_path):
+    """inspect GOOD --encoder OTHER/encoder.onnx used to advise 'prepare GOOD', which rewrites nothing."""
+    good = write_model_folder(tmp_path / "good")
+    broken = write_model_folder(tmp_path / "broken", metadata="wrong_feat_dim")
+    code, out, _ = run("inspect", good, "--encoder", broken / "encoder.onnx")
+    steps = _next_steps(out)
+    assert code == 1 and len(steps) == 2 and "one folder FOLDER" in steps[0] and str(good) not in steps[1]
+    gathered = tmp_path / "FOLDER"
+    gathered.mkdir()
+    shutil.copy(broken / "encoder.onnx", gathered)
+    for name in ("decoder.onnx", "joiner.onnx", "tokens.txt"):
+        shutil.copy(good / name, gathered)
+    args = [a.replace("FOLDER", str(gathered)) for a in _command(steps[1])]
+    assert run(*args)[0] == 0 and run("inspect", f"{gathered}-prepared")[0] == 0
+    assert _next_steps(run("inspect", broken)[1]) == [f"run: sherpa-fixed prepare {broken} --output {broken}-prepared"]

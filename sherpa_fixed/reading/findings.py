@@ -158,6 +158,28 @@ def next_steps(findings: list[Finding], folder: str) -> list[str]:
     return [step.format(folder=folder)]
 
 
+def report_steps(report) -> list[str]:
+    """next_steps for an inspect report (FolderReport), every model set at once.
+
+    prepare takes a folder and finds the files itself: when the inspected files are not all in
+    the report's folder (loose files, --encoder from elsewhere), a prepare step would rewrite
+    other files, so the advice first gathers them into one folder.
+    """
+    import os
+
+    root = report.layout.root
+    steps = next_steps([f for v in report.variants for f in v.findings], str(root))
+    used = [p for v in report.variants for p in (m.graph.path for m in v.models.values())]
+    used += [report.layout.tokens] if report.layout.tokens else []
+    here = os.path.abspath(root)  # not resolved: a Hugging Face snapshot's links point into blobs/
+    scattered = any(os.path.dirname(os.path.abspath(p)) != here for p in used)
+    if scattered and any("sherpa-fixed prepare" in s for s in steps):
+        steps = ["copy the encoder, decoder, joiner and tokens.txt inspected here into one folder FOLDER "
+                 "(prepare takes a folder and finds the files in it)"] + [s.replace(str(root), "FOLDER")
+                                                                          for s in steps]
+    return steps
+
+
 def advice_for(paths, **files) -> list[str]:
     """next_steps for a folder (or loose files, with encoder=... as inspect takes them), inspected afresh.
 
@@ -166,5 +188,4 @@ def advice_for(paths, **files) -> list[str]:
     """
     from .inspector import inspect_folder  # inspector builds on this module
 
-    report = inspect_folder(paths, **files)
-    return next_steps([f for v in report.variants for f in v.findings], str(report.layout.root))
+    return report_steps(inspect_folder(paths, **files))
