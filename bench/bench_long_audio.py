@@ -56,21 +56,22 @@ NODE_DIR = Path(os.environ.get("SHERPA_FIXED_NODE_DIR", "/work/scratch/h7"))
 SR = 16000
 
 
-def prepared(out: Path, **kwargs) -> Path:
+def prepared(out: Path, model: Path = MODEL, **kwargs) -> Path:
     """`prepare` of the speech model's dynamic export into `out` (reused when present)."""
     from sherpa_fixed.rewriting.prepare import prepare_folder
 
     if not (out / "encoder.onnx").is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        r = prepare_folder(MODEL, output=out, force=True, **kwargs)
+        r = prepare_folder(model, output=out, force=True, **kwargs)
         if r.exit_code != 0:
             raise RuntimeError(json.dumps(r.to_json())[:2000])
     return out
 
 
-def windowed(seconds: float, context: float | None = None) -> Path:
-    tag = f"win{seconds:g}" + (f"-ctx{context:g}" if context is not None else "")
-    return prepared(WORK / tag, window=True, window_seconds=seconds, context=context)
+def windowed(seconds: float, context: float | None = None, model: Path = MODEL) -> Path:
+    tag = ("" if model == MODEL else f"{model.parent.name}-{model.name}-") + f"win{seconds:g}" + \
+        (f"-ctx{context:g}" if context is not None else "")
+    return prepared(WORK / tag, model, window=True, window_seconds=seconds, context=context)
 
 
 # ----------------------------------------------------------------------------- wer
@@ -222,8 +223,9 @@ def run_node(folder: Path, wav: Path) -> dict:
     return dict(res, rss_mb=rss, wall_s=wall)
 
 
-def scale_main(minutes: list[float], window: float, runners: list[str], whole_minutes: list[float]) -> None:
-    win = windowed(window)
+def scale_main(minutes: list[float], window: float, runners: list[str], whole_minutes: list[float],
+               model: Path = MODEL) -> None:
+    win = windowed(window, model=model)
     rows = []
     for m in minutes:
         wav, ref = tiled(m)
@@ -239,13 +241,13 @@ def scale_main(minutes: list[float], window: float, runners: list[str], whole_mi
             elif r == "floor":
                 res = run_python("floor", win, wav)
             else:
-                res = run_python("ours", MODEL, wav)
+                res = run_python("ours", model, wav)
             e = word_errors(ref, res["text"])
             rows.append({"minutes": round(secs / 60, 2), "runner": r, "rss_mb": round(res["rss_mb"], 1),
                          "rtf": round(res["decode_s"] / secs, 4), "wer": round(100 * (e.wer or 0), 2)})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         if m in whole_minutes:
-            folder = prepared(WORK / f"max{int(m * 60) + 60}", max_seconds=m * 60 + 60, verify="fast")
+            folder = prepared(WORK / f"max{int(m * 60) + 60}", model, max_seconds=m * 60 + 60, verify="fast")
             res = run_python("stock", folder, wav)
             e = word_errors(ref, res["text"])
             rows.append({"minutes": round(secs / 60, 2), "runner": "python, whole (--max-seconds)",
@@ -255,7 +257,7 @@ def scale_main(minutes: list[float], window: float, runners: list[str], whole_mi
     names = {"floor": "stock sherpa-onnx, Python: samples + features only (no decode)",
              "python": "stock sherpa-onnx, Python", "binary": "sherpa-onnx-offline binary",
              "node": "sherpa-onnx-node", "ours": "sherpa_fixed.OfflineRecognizer (chunker, original export)"}
-    lines = [f"windowed folder: prepare --window --window-seconds {window:g}", "",
+    lines = [f"model {model}; windowed folder: prepare --window --window-seconds {window:g}", "",
              "| audio min | runner | peak RSS MB | RTF | WER % |", "|---|---|---|---|---|"]
     for row in rows:
         floor = row["runner"] == "floor"
@@ -263,8 +265,9 @@ def scale_main(minutes: list[float], window: float, runners: list[str], whole_mi
                      f"{'—' if floor else row['rtf']} | {'—' if floor else row['wer']} |")
     text = "\n".join(lines)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "long_audio_scale.md").write_text(text)
-    (OUT / "long_audio_scale.json").write_text(json.dumps(rows, indent=1))
+    tag = "" if model == MODEL else f"_{model.parent.name}"
+    (OUT / f"long_audio_scale{tag}.md").write_text(text)
+    (OUT / f"long_audio_scale{tag}.json").write_text(json.dumps(rows, indent=1))
     print(text)
 
 
@@ -279,13 +282,14 @@ def main() -> None:
     s.add_argument("--window", type=float, default=None, help="window seconds (default: prepare's default)")
     s.add_argument("--runners", nargs="+", default=["floor", "python", "binary", "node", "ours"])
     s.add_argument("--whole-minutes", type=float, nargs="*", default=[10], help="also decode these whole")
+    s.add_argument("--model", type=Path, default=MODEL, help="dynamic export folder (default: the speech model)")
     a = ap.parse_args()
     if a.cmd == "wer":
         wer_main(a.windows, a.contexts or [None])
     else:
         from sherpa_fixed.rewriting.windowing import DEFAULT_DYNAMIC_WINDOW_S
 
-        scale_main(a.minutes, a.window or DEFAULT_DYNAMIC_WINDOW_S, a.runners, a.whole_minutes)
+        scale_main(a.minutes, a.window or DEFAULT_DYNAMIC_WINDOW_S, a.runners, a.whole_minutes, a.model.resolve())
 
 
 if __name__ == "__main__":
