@@ -308,6 +308,7 @@ def test_cannot_work_metadata_table_does_not_promise_a_rewrite(tmp_path):
     assert code == 2 and "-> '15'" in out
     assert "prepare writes nothing until the ✗ below are fixed" in out
     assert "sherpa-fixed prepare" not in out
+    assert "the graphs say 15" not in out  # 15 is tokens.txt's count; the decoder's embedding says 16
 
 
 def test_output_of_a_folder_that_needs_nothing_says_it_was_copied(tmp_path):

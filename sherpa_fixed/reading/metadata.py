@@ -196,7 +196,7 @@ def _int_effect(key: str, got: int, want: int) -> str:
         index = 0 if key == "pred_rnn_layers" else 2
         return (f"decoding fails: Got invalid dimensions for input: states.1 for the following indices "
                 f"index: {index} Got: {got} Expected: {want}")
-    return f"sherpa-onnx reads {got}, the graphs say {want}"
+    return f"sherpa-onnx reads {got}, the files measure {want}"  # want may come from tokens.txt
 
 
 def sherpa_first_error(
