@@ -108,8 +108,8 @@ SOURCE_ADVICE = {
     "external.truncated": "the weights file is incomplete: " + REEXPORT,
     "external.length_mismatch": "the graph and its weights disagree: " + REEXPORT,
     "external.no_location": REEXPORT,
-    "external.outside": "copy the weights file into the model folder and point the location at it there "
-                        "(sherpa-fixed reads nothing outside the folder), or " + REEXPORT,
+    "external.outside": "sherpa-fixed reads only files inside the model folder; put the weights file beside the "
+                        "model (re-download or re-export it)",  # as prepare's refusal says it (refuse_outside)
     "model.role": SAME_EXPORT,
     "model.mismatch": SAME_EXPORT,
     "variants.mismatch": "keep only one model's files in the folder (" + SAME_EXPORT + ")",
