@@ -130,6 +130,7 @@ PROBLEMS = {
     "external-escaping": ({"external": "escaping"}, None),
     "external-missing": ({"external": "missing"}, None),
     "external-truncated": ({"external": "truncated"}, None),
+    "external-outside": ({"external": "outside"}, None),
     "time-declared": ({"time": "declared", "frames": 400}, None),
     "time-baked": ({"time": "baked", "frames": 400}, None),
     "batch-baked": ({"time": "baked", "batch": "baked", "frames": 400}, None),
@@ -186,7 +187,7 @@ def test_advice_is_runnable_and_agrees_everywhere(tmp_path, case):
     dry_code, dry_out, dry_err = run("prepare", folder, "--dry-run")
     if code == 2:  # prepare refuses the folder, and says what inspect says
         assert not commands
-        assert dry_code == 2 and "cannot be prepared" in dry_err and steps[0] in dry_err
+        assert dry_code == 2 and steps[0] in dry_err
     elif commands:
         assert dry_code in (0, 1) and "nothing needs doing" not in dry_out, dry_out
         args = commands[0]
