@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -156,9 +157,12 @@ def _next_steps(stdout: str) -> list[str]:
 
 
 def _command(step: str) -> list[str] | None:
-    """The sherpa-fixed prepare command in a piece of advice, as arguments."""
-    m = re.search(r"sherpa-fixed (prepare \S+(?: --window)? --output \S+)", step)
-    return m.group(1).split() if m else None
+    """The sherpa-fixed prepare command in a piece of advice, as a shell would split it."""
+    if "sherpa-fixed prepare " not in step:
+        return None
+    words = shlex.split(step.split("sherpa-fixed ", 1)[1].split(" (", 1)[0])
+    assert words[0] == "prepare" and "--output" in words, step
+    return words
 
 
 NEMO_DIR = Path(__file__).parent / "data" / "nemo"
@@ -333,3 +337,10 @@ def test_advice_for_files_from_several_folders_gathers_them_first(tmp_path):
     args = [a.replace("FOLDER", str(gathered)) for a in _command(steps[1])]
     assert run(*args)[0] == 0 and run("inspect", f"{gathered}-prepared")[0] == 0
     assert _next_steps(run("inspect", broken)[1]) == [f"run: sherpa-fixed prepare {broken} --output {broken}-prepared"]
+
+
+def test_advice_with_a_space_in_the_path_runs_as_written(tmp_path):
+    folder = write_model_folder(tmp_path / "my model", metadata="missing")
+    steps = _next_steps(run("inspect", folder)[1])
+    assert steps == [f"run: sherpa-fixed prepare '{folder}' --output '{folder}-prepared'"]
+    assert run(*_command(steps[0]))[0] == 0 and run("inspect", f"{folder}-prepared")[0] == 0

@@ -22,7 +22,7 @@ from .. import __version__
 from ..decoding.audio import check_audible, check_decodable, read_wav, resample
 from ..decoding.sherpa_check import run_recognizer
 from ..errors import EXIT_BAD_INPUT, EXIT_NEEDS_FIX, EXIT_OK
-from ..reading.findings import CANNOT_WORK, PREPARE_ADVICE, next_steps
+from ..reading.findings import CANNOT_WORK, PREPARE_ADVICE, command_paths, next_steps
 from ..reading.inspector import inspect_folder
 from .baseline import FRAME_SLACK, INT8_TIE_TOLERANCE, TIE_TOLERANCE, Baseline
 from .reference import (
@@ -246,7 +246,7 @@ def verdict_line(r: ValidationReport) -> str:
     if breaking:
         reasons.append(f"{breaking} breaking difference(s): prepare cannot fix them (see each one's reason)")
     if fixable:
-        reasons.append(f"{fixable} fixable difference(s): " + PREPARE_ADVICE.format(folder=r.folder))
+        reasons.append(f"{fixable} fixable difference(s): " + PREPARE_ADVICE.format(**command_paths(str(r.folder))))
     ran = [d for d in r.decodes if d.ran]
     refused = [d.variant for d in r.decodes if d.sherpa_error]
     if refused:

@@ -12,6 +12,7 @@ only advise `prepare` for what prepare really changes.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 from ..errors import EXIT_BAD_INPUT, EXIT_NEEDS_FIX, EXIT_OK
@@ -90,10 +91,10 @@ def worst(verdicts: list[Verdict]) -> Verdict:
 
 # ----------------------------------------------------------------------------- advice
 
-PREPARE_ADVICE = "run: sherpa-fixed prepare {folder} --output {folder}-prepared"
+PREPARE_ADVICE = "run: sherpa-fixed prepare {folder} --output {prepared}"
 WINDOW_ADVICE = ("decode with sherpa_fixed.OfflineRecognizer (same API as sherpa_onnx), or for stock sherpa-onnx "
-                 "run: sherpa-fixed prepare {folder} --window --output {folder}-windowed")
-BOTH_ADVICE = ("run: sherpa-fixed prepare {folder} --window --output {folder}-windowed (stock sherpa-onnx then "
+                 "run: sherpa-fixed prepare {folder} --window --output {windowed}")
+BOTH_ADVICE = ("run: sherpa-fixed prepare {folder} --window --output {windowed} (stock sherpa-onnx then "
                "decodes any length; or prepare without --window and decode with sherpa_fixed.OfflineRecognizer)")
 TOKENS_ADVICE = ("take tokens.txt from the same export as the models, or fix it: one 'piece id' per line, ids 0..N "
                  "each once, '<blk> N' last, N + 1 lines for a decoder with N + 1 embedding rows")
@@ -120,12 +121,18 @@ SOURCE_ADVICE = {
 }
 
 
+def command_paths(folder: str) -> dict[str, str]:
+    """The folder and the outputs the advice names, quoted for a POSIX shell (a path may hold spaces)."""
+    return {"folder": shlex.quote(folder), "prepared": shlex.quote(folder + "-prepared"),
+            "windowed": shlex.quote(folder + "-windowed")}
+
+
 def advice(f: Finding, folder: str = "MODEL_DIR") -> str | None:
     """The step that fixes this finding, runnable as written; None when nothing needs doing."""
     if f.fix == "prepare":
-        return PREPARE_ADVICE.format(folder=folder)
+        return PREPARE_ADVICE.format(**command_paths(folder))
     if f.fix == "window":
-        return WINDOW_ADVICE.format(folder=folder)
+        return WINDOW_ADVICE.format(**command_paths(folder))
     if f.fix == "none":
         if f.code.startswith("model.mismatch") and "tokens.txt" in f.message:
             return TOKENS_ADVICE  # a count from tokens.txt disagrees with the graphs
@@ -154,8 +161,8 @@ def next_steps(findings: list[Finding], folder: str) -> list[str]:
     else:
         return source
     if source:  # what prepare would then do depends on the repaired files: look again first
-        return [*source, f"then check again: sherpa-fixed inspect {folder}"]
-    return [step.format(folder=folder)]
+        return [*source, f"then check again: sherpa-fixed inspect {shlex.quote(folder)}"]
+    return [step.format(**command_paths(folder))]
 
 
 def report_steps(report) -> list[str]:
@@ -175,8 +182,8 @@ def report_steps(report) -> list[str]:
     scattered = any(os.path.dirname(os.path.abspath(p)) != here for p in used)
     if scattered and any("sherpa-fixed prepare" in s for s in steps):
         steps = ["copy the encoder, decoder, joiner and tokens.txt inspected here into one folder FOLDER "
-                 "(prepare takes a folder and finds the files in it)"] + [s.replace(str(root), "FOLDER")
-                                                                          for s in steps]
+                 "(prepare takes a folder and finds the files in it)",
+                 *next_steps([f for v in report.variants for f in v.findings], "FOLDER")]
     return steps
 
 
