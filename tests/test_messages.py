@@ -22,6 +22,7 @@ from sherpa_fixed import OfflineRecognizer
 from sherpa_fixed.cli import main
 from sherpa_fixed.decoding.audio import write_wav
 from sherpa_fixed.decoding.sherpa_check import run_sherpa
+from sherpa_fixed.errors import BadInputError
 from sherpa_fixed.oracle import OracleSpec, expected_text, oracle_audio, random_tokens, write_oracle_folder
 from sherpa_fixed.testing import write_model_folder
 
@@ -344,3 +345,18 @@ def test_advice_with_a_space_in_the_path_runs_as_written(tmp_path):
     steps = _next_steps(run("inspect", folder)[1])
     assert steps == [f"run: sherpa-fixed prepare '{folder}' --output '{folder}-prepared'"]
     assert run(*_command(steps[0]))[0] == 0 and run("inspect", f"{folder}-prepared")[0] == 0
+
+
+def test_models_with_weights_in_two_folders_get_advice_that_exists(tmp_path):
+    """The recognizer advised 'run sherpa-fixed prepare', which takes one folder and cannot join two."""
+    import onnx
+
+    a = write_model_folder(tmp_path / "a", external="single")
+    b = write_model_folder(tmp_path / "b")
+    dec = onnx.load(str(b / "decoder.onnx"))
+    onnx.save(dec, str(b / "decoder.onnx"), save_as_external_data=True, location="decoder.weights",
+              size_threshold=0)
+    with pytest.raises(BadInputError) as err:
+        OfflineRecognizer.from_transducer(str(a / "encoder.onnx"), str(b / "decoder.onnx"), str(a / "joiner.onnx"),
+                                          str(a / "tokens.txt"), model_type="nemo_transducer")
+    assert "different folders" in str(err.value) and "prepare" not in (err.value.fix or "")

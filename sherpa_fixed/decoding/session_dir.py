@@ -60,5 +60,5 @@ def weights_folder(*model_paths: str | os.PathLike) -> Path | None:
     if len(folders) > 1:
         raise BadInputError("models with relative external weights sit in different folders: "
                             + ", ".join(sorted(map(str, folders))),
-                            fix="run sherpa-fixed prepare, or keep encoder/decoder/joiner in one folder")
+                            fix="put encoder, decoder and joiner with their weight files in one folder")
     return folders.pop() if folders else None
