@@ -118,6 +118,11 @@ def _swap_decoder(folder):  # a decoder from another model: pred_hidden 16 where
     shutil.copy(other / "decoder.onnx", folder / "decoder.onnx")
 
 
+def _fp32_removed(folder):  # sherpa-onnx's int8 release archives ship only the int8 set
+    for name in ("encoder.onnx", "decoder.onnx", "joiner.onnx"):
+        (folder / name).unlink()
+
+
 # Every kind of problem the factory can build: (ModelSpec changes, an edit of the written folder).
 PROBLEMS = {
     "ok": ({}, None),
@@ -150,6 +155,9 @@ PROBLEMS = {
     "tokens-bad-line": ({}, _tokens_edit(lambda t: t.replace("<unk> 0", "<unk> 0 extra"))),
     "tokens-and-metadata-missing": ({"metadata": "missing"}, _tokens_edit(lambda t: t.replace("<blk>", "<b>"))),
     "decoder-from-another-model": ({}, _swap_decoder),
+    "int8-only-release": ({"int8": True}, _fp32_removed),
+    "int8-only-metadata-missing": ({"int8": True, "metadata": "missing"}, _fp32_removed),
+    "int8-only-feat-dim-wrong": ({"int8": True, "metadata": "wrong_feat_dim"}, _fp32_removed),
 }
 
 
@@ -200,7 +208,8 @@ def test_advice_is_runnable_and_agrees_everywhere(tmp_path, case):
         assert p_code == 0, p_out + p_err
         target = args[args.index("--output") + 1]
         assert run("inspect", target)[0] == 0
-        res = run_sherpa(f"{target}/encoder.onnx", f"{target}/decoder.onnx", f"{target}/joiner.onnx",
+        ext = "" if Path(target, "encoder.onnx").exists() else ".int8"
+        res = run_sherpa(*(f"{target}/{role}{ext}.onnx" for role in ("encoder", "decoder", "joiner")),
                          f"{target}/tokens.txt", samples=[16000, 26000])
         assert res.ok, res.error
     wav = tmp_path / "a.wav"
