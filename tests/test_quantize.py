@@ -27,7 +27,7 @@ from sherpa_fixed.errors import BadInputError
 from sherpa_fixed.quantizing import protowrite, quantize_folder
 from sherpa_fixed.quantizing.report import QUANTIZED_KEY, describe
 
-from .conftest import NEMO_VARIANTS
+from .conftest import NEMO_VARIANTS, REPO
 
 SPEECH = Path("/work/shared/speech/model/dynamic")
 ROLES = ("encoder", "decoder", "joiner")
@@ -332,3 +332,24 @@ def test_stock_sherpa_onnx_decodes_the_result(nemo_copy, tmp_path):
                      samples=[16000 * 3], cwd=q)
     assert run.ok, run.error
     shutil.rmtree(tmp_path / "q")
+
+
+def test_disk_full_mid_run_is_one_line_and_changes_nothing(make_folder, tmp_path):
+    """A real tmpfs that runs out of inodes after the encoder: exit 2, 'disk full', the folder as it was."""
+    from .test_prepare_disk import CHILD, unshare_prefix
+
+    child = CHILD.replace('"prepare", dst, "--in-place"', '"quantize", dst, "--in-place"')
+    assert child != CHILD
+    folder = make_folder(external="single")
+    files = len(list(folder.iterdir()))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([*unshare_prefix(), sys.executable, "-c", child, str(folder), str(mnt),
+                           f"size=128m,nr_inodes={files + 4}"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["rc"] == 2, out
+    assert "disk full" in out["stderr"] and out["stderr"].count("\n") == 1, out["stderr"]
+    assert out["same"]
+    assert not [n for n in out["after"] if n.startswith(".sf-")]

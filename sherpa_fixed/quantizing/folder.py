@@ -30,7 +30,16 @@ from ..errors import EXIT_OK, BadInputError
 from ..reading.external_data import audit_external_data
 from ..reading.layout import ROLES, find_layout
 from ..reading.onnx_graph import GraphFile
-from ..rewriting.atomic import PREFIX, check_free_space, check_writable, fsync_dir, link_or_copy, sweep_stale, temp_path
+from ..rewriting.atomic import (
+    PREFIX,
+    check_free_space,
+    check_writable,
+    disk_error,
+    fsync_dir,
+    link_or_copy,
+    sweep_stale,
+    temp_path,
+)
 from ..rewriting.lock import DEFAULT_WAIT, folder_locks
 from .ort_scheme import Spill, quantize_graph, weight_type_for
 from .protowrite import write_model
@@ -174,7 +183,8 @@ def quantize_folder(
         folder = source if in_place else Path(os.path.abspath(out_path)).parent
         check_writable(folder)
         need = sum(g.size + audit_external_data(g).external_bytes for g in graphs.values())
-        check_free_space(folder, need // 3 + (64 << 20))  # int8 is a quarter of fp32; the spill doubles it
+        # int8 is a quarter of fp32, and the encoder's spill file and its output exist at the same time.
+        check_free_space(folder, need // 2 + (64 << 20))
         staging = temp_path(source / "quantize" if in_place else Path(os.path.abspath(out_path)), "tmp")
         try:
             staging.mkdir()
@@ -183,6 +193,8 @@ def quantize_folder(
                 _commit_in_place(staging, source, result)
             else:
                 _commit_output(staging, source, out_path, result)
+        except OSError as exc:
+            raise disk_error(exc, target) from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         result.seconds["total"] = time.perf_counter() - t0

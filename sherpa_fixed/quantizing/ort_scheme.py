@@ -19,13 +19,17 @@ compares the results proto by proto with onnxruntime's own output.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import onnx
 from onnx import ModelProto, TensorProto
 
+from ..errors import BadInputError
+from ..rewriting.atomic import disk_error
 from .stubs import Ref, Store, all_tensors, clear_stub, make_stub, stub_external, stub_key
 
 Tick = Callable[[int], None]  # bytes of fp32 weights just read
@@ -58,7 +62,10 @@ class Spill:
     def put(self, t: TensorProto) -> None:
         data = t.raw_data
         offset = self.size
-        self.f.write(data)
+        try:
+            self.f.write(data)
+        except OSError as exc:
+            raise disk_error(exc, self.path) from exc
         self.size += len(data)
         make_stub(t, self.store.add(Ref(self.path, offset, len(data))))
         t.ClearField("data_location")
@@ -173,11 +180,27 @@ def load_inferred(src: Path, scratch: Path) -> ModelProto:
     """
     _, _, _, add_infer_metadata, _, _ = _ort()
     inferred = scratch / "inferred.onnx"
-    onnx.shape_inference.infer_shapes_path(str(src), str(inferred))
+    try:
+        onnx.shape_inference.infer_shapes_path(str(src), str(inferred))
+    except OSError:
+        raise
+    except Exception as exc:  # onnx's C++ errors (InferenceError, ValidationError) or a failed write
+        if _disk_full(scratch):
+            raise OSError(errno.ENOSPC, "No space left on device") from exc
+        raise BadInputError(f"onnx shape inference fails on it ({type(exc).__name__}: "
+                            f"{(str(exc).splitlines() or [''])[0]})", path=src,
+                            fix="onnxruntime's quantize_dynamic fails the same way; re-export the model") from exc
+    if not inferred.exists():  # onnx's C++ writer does not always report a failed write
+        raise OSError(errno.ENOSPC if _disk_full(scratch) else errno.EIO, "shape inference wrote nothing")
     model = onnx.load(str(inferred), load_external_data=False)
     inferred.unlink()
     add_infer_metadata(model)
     return model
+
+
+def _disk_full(folder: Path) -> bool:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize < (1 << 20) or st.f_favail == 0
 
 
 def _materialize_gemm_b(model: ModelProto, store: Store) -> None:
