@@ -247,8 +247,9 @@ def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, prov
     """Transcribe WAV files (PCM or float, any rate and channel count) with MODEL_DIR.
 
     Works for fixed-window (static-shape) encoders too: audio of any length is cut
-    into exact windows and merged by timestamp. A file that cannot be read is
-    reported and the others go on.
+    into exact windows and merged by timestamp. A file that cannot be read or is
+    too short to decode (under 5 ms) is reported and the others go on; silence is
+    transcribed as an empty text.
 
     Exit code: 0 all files transcribed, 1 some failed, 2 the model cannot be used.
     """
