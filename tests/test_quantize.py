@@ -27,7 +27,7 @@ from sherpa_fixed.errors import BadInputError
 from sherpa_fixed.quantizing import protowrite, quantize_folder
 from sherpa_fixed.quantizing.report import QUANTIZED_KEY, describe
 
-from .conftest import NEMO_VARIANTS, REPO
+from .conftest import NEMO_DIR, NEMO_VARIANTS, REPO
 
 SPEECH = Path("/work/shared/speech/model/dynamic")
 ROLES = ("encoder", "decoder", "joiner")
@@ -353,3 +353,18 @@ def test_disk_full_mid_run_is_one_line_and_changes_nothing(make_folder, tmp_path
     assert "disk full" in out["stderr"] and out["stderr"].count("\n") == 1, out["stderr"]
     assert out["same"]
     assert not [n for n in out["after"] if n.startswith(".sf-")]
+
+
+def test_windowed_encoder_is_refused_with_the_order_that_works(tmp_path):
+    """prepare --window puts the layers in a Loop, where quantize_dynamic quantizes nothing; the other order works."""
+    from sherpa_fixed.rewriting.prepare import prepare_folder
+
+    static = NEMO_DIR / "tdt-80-static800"
+    prepare_folder(static, output=tmp_path / "win", window=True, verify="off")
+    with pytest.raises(BadInputError, match="Loop") as e:
+        quantize_folder(tmp_path / "win", output=tmp_path / "q")
+    assert "prepare INT8_DIR --window" in e.value.one_line()
+    assert not (tmp_path / "q").exists()
+    quantize_folder(static, output=tmp_path / "q")
+    r = prepare_folder(tmp_path / "q", output=tmp_path / "qwin", window=True)
+    assert r.exit_code == 0 and all(c.ok for c in r.checks) and r.checks

@@ -29,7 +29,7 @@ from .. import __version__
 from ..errors import EXIT_OK, BadInputError
 from ..reading.external_data import audit_external_data
 from ..reading.layout import ROLES, find_layout
-from ..reading.onnx_graph import GraphFile
+from ..reading.onnx_graph import GraphFile, all_nodes
 from ..rewriting.atomic import (
     PREFIX,
     check_free_space,
@@ -117,12 +117,28 @@ def _fp32_set(source: Path) -> dict[str, GraphFile]:
         if ops:
             raise BadInputError(f"the {role} is already quantized ({', '.join(sorted(ops)[:3])} nodes)", path=g.path,
                                 fix="quantize the fp32 export instead; quantizing int8 again only loses accuracy")
+        if _weights_in_subgraphs(g):
+            raise BadInputError(
+                f"the {role}'s layers run inside an ONNX Loop (made by prepare --window), and onnxruntime's "
+                "quantizer does not enter subgraphs: nothing would be quantized", path=g.path,
+                fix="quantize the folder before windowing it: sherpa-fixed quantize FP32_DIR -o INT8_DIR, then "
+                    "sherpa-fixed prepare INT8_DIR --window -o OUT; nothing was written")
         audit = audit_external_data(g)
         bad = [m for c, m in audit.problems if c in ("external.missing", "external.truncated", "external.outside",
                                                        "external.length_mismatch", "external.no_location")]
         if bad:
             raise BadInputError(bad[0], path=g.path, fix="re-download or re-export the model; nothing was written")
     return graphs
+
+
+def _weights_in_subgraphs(g: GraphFile) -> bool:
+    """True when MatMul/Conv/LSTM nodes live in a Loop/Scan/If body, where quantize_dynamic never looks."""
+    for node in g.model.graph.node:
+        for attr in node.attribute:
+            subs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+            if any(n.op_type in ("MatMul", "Conv", "LSTM", "Gemm") for sub in subs for n in all_nodes(sub)):
+                return True
+    return False
 
 
 def quantize_folder(
