@@ -253,7 +253,7 @@ def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, prov
 
     Exit code: 0 all files transcribed, 1 some failed, 2 the model cannot be used.
     """
-    from .decoding.transcribe import open_recognizer, to_srt, transcribe_file, transcript_document
+    from .decoding.transcribe import model_problem, open_recognizer, to_srt, transcribe_file, transcript_document
 
     if as_json and srt:
         raise click.UsageError("choose one of --json and --srt")
@@ -282,6 +282,8 @@ def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, prov
         finally:
             bar.close()
         results.append(r)
+        if not r.ok and r.decode_failed and (problem := model_problem(model_dir, r)) is not None:
+            raise problem  # the folder needs fixing: no later file would decode either (exit 2)
         if not r.ok:
             click.echo(f"sherpa-fixed: error: {r.error}", err=True)
             continue

@@ -369,3 +369,23 @@ def test_models_with_weights_in_two_folders_get_advice_that_exists(tmp_path):
         OfflineRecognizer.from_transducer(str(a / "encoder.onnx"), str(b / "decoder.onnx"), str(a / "joiner.onnx"),
                                           str(a / "tokens.txt"), model_type="nemo_transducer")
     assert "different folders" in str(err.value) and "prepare" not in (err.value.fix or "")
+
+
+def test_a_model_that_fails_every_file_is_the_models_problem(tmp_path):
+    """A 128-mel encoder without feat_dim metadata loads, then fails on every file (sherpa-onnx feeds 80
+    mel bins): that used to be one 'failed' line per file and exit 1, with no word about the model."""
+    import onnx
+
+    folder = write_model_folder(tmp_path / "m", feat_dim=128)
+    model = onnx.load(str(folder / "encoder.onnx"))
+    keep = [p for p in model.metadata_props if p.key != "feat_dim"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    onnx.save(model, str(folder / "encoder.onnx"))
+    wav = tmp_path / "a.wav"
+    write_wav(wav, np.random.default_rng(0).standard_normal(16000) * 0.1, 16000)
+    code, _, err = run("transcribe", folder, wav, wav)
+    steps = _next_steps(run("inspect", folder)[1])
+    assert code == 2 and err.count("\n") == 1 and "Expected: 128" in err and steps and steps[0] in err
+    assert run(*_command(steps[0]))[0] == 0
+    assert run("transcribe", f"{folder}-prepared", wav)[0] == 0

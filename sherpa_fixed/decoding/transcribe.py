@@ -32,6 +32,7 @@ class FileResult:
     decode_seconds: float = 0.0
     sample_rate: int | None = None
     channels: int | None = None
+    decode_failed: bool = False  # sherpa-onnx itself raised: maybe the model, not this file (model_problem)
 
     @property
     def rtf(self) -> float | None:
@@ -62,9 +63,31 @@ def open_recognizer(model_dir: str | Path, **kwargs):
         steps = advice_for(model_dir)
         if not steps:
             raise  # nothing the inspector can name: a bug to report, with its traceback
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadInputError(f"sherpa-onnx could not load the model: {first}", path=model_dir,
+        raise BadInputError(f"sherpa-onnx could not load the model: {one_line(exc)}", path=model_dir,
                             fix="; ".join(steps)) from exc
+
+
+def model_problem(model_dir: str | Path, failed: FileResult):
+    """A BadInputError for the model when inspect says the folder itself needs fixing, else None.
+
+    sherpa-onnx raises the same RuntimeError for a file it cannot decode and for a model it loaded
+    but cannot run (e.g. no feat_dim metadata on a 128-mel encoder: every file fails); only the
+    second makes the whole run hopeless (exit 2, with inspect's advice).
+    """
+    from ..errors import BadInputError
+    from ..reading.findings import advice_for
+
+    steps = advice_for(model_dir) if failed.decode_failed else []
+    if not steps:
+        return None
+    why = (failed.error or "").split(": sherpa-onnx failed on this file: ", 1)[-1]
+    return BadInputError(f"the model cannot decode {failed.path}: {why}",
+                         path=model_dir, fix="; ".join(steps))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (onnxruntime's messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def transcribe_file(recognizer, path: str | Path,
@@ -83,8 +106,9 @@ def transcribe_file(recognizer, path: str | Path,
         recognizer.decode_stream(stream)
     except SherpaFixedError as exc:
         return FileResult(str(path), False, exc.one_line())
-    except RuntimeError as exc:  # onnxruntime inside sherpa-onnx, on this file's input: the others may go on
-        return FileResult(str(path), False, f"{path}: sherpa-onnx failed on this file: {str(exc).splitlines()[0]}")
+    except RuntimeError as exc:  # onnxruntime inside sherpa-onnx: this file's input, or the model (model_problem)
+        return FileResult(str(path), False, f"{path}: sherpa-onnx failed on this file: {one_line(exc)}",
+                          decode_failed=True)
     elapsed = time.perf_counter() - t
     r = stream.result
     return FileResult(str(path), True, None, r.text, list(r.tokens), list(r.timestamps),
