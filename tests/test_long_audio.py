@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -265,3 +266,24 @@ def test_dynamic_window_decodes_past_the_limit_with_bounded_attention(tdt80, tmp
     grown_windowed, grown_whole = long["rss_mb"] - short["rss_mb"], w_long["rss_mb"] - w_short["rss_mb"]
     # measured: windowed +53 MB (samples, features: linear), whole +475 MB (attention: quadratic)
     assert grown_windowed < 0.3 * grown_whole, (grown_windowed, grown_whole)
+
+
+def test_windowed_encoder_with_external_weights_gets_its_own_weights_file(tdt80, tmp_path):
+    """onnxruntime (and stock sherpa-onnx 2.0.1) refuse a Loop body's external weights when the file has
+    more than one hard link ('potential hardlink attack'); an --output folder hard-links unchanged files,
+    so --window writes the windowed encoder its own weights file."""
+    model = onnx.load(str(tdt80 / "encoder.onnx"))
+    onnx.external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=True,
+                                                             location="encoder.weights", size_threshold=1024)
+    onnx.save(model, str(tdt80 / "encoder.onnx"))
+    (tmp_path / "elsewhere").mkdir()
+    os.link(tdt80 / "encoder.weights", tmp_path / "elsewhere" / "encoder.weights")  # the source is hard-linked
+    out = tmp_path / "out"
+    r = prepare_folder(tdt80, output=out, window=True, window_seconds=10)
+    assert r.exit_code == 0 and all(c.ok for c in r.checks), r.to_json()
+    assert any(c.what == "own weights file" for c in r.plan.changes)
+    assert (out / "encoder.weights").stat().st_nlink == 1
+    assert stock_decode(out, 30)["last"] > 25
+    os.link(out / "encoder.weights", tmp_path / "extra-link")
+    with pytest.raises(RuntimeError, match="hard link"):
+        stock_decode(out, 30)  # why: the same folder, its weights hard-linked once more

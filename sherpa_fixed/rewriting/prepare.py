@@ -282,6 +282,7 @@ def _plan_dims(fp: FilePlan, v: VariantReport, probe: EncoderProbe | None, block
                                  f"any length: windows of {p.window} frames ({p.window / 100:g} s), hop {p.hop} "
                                  f"({p.hop / 100:g} s), context {p.context} ({p.context / 100:g} s) each side",
                                  "--window: the fixed-T graph runs once per window inside an ONNX Loop"))
+        _own_weights_for_window(fp)
         return
     free_time = time is not None and time.fixed and not time.baked and not (probe and probe.time_baked)
     free_batch = batch is not None and batch.fixed and probe is not None and probe.batch_baked is False
@@ -318,6 +319,21 @@ def _plan_dynamic_window(fp: FilePlan, v: VariantReport, window: dict) -> None:
                              f"windows of {p.window} frames ({p.window / 100:g} s), hop {p.hop} ({p.hop / 100:g} s), "
                              f"context {p.context} ({p.context / 100:g} s) each side",
                              "--window: attention per window, so any length decodes in bounded encoder memory"))
+    _own_weights_for_window(fp)
+
+
+def _own_weights_for_window(fp: FilePlan) -> None:
+    """A windowed graph keeps its weights in the Loop body, and onnxruntime (sherpa-onnx 2.0.1 too) refuses
+    external data of subgraph tensors in a file with more than one hard link ("potential hardlink attack";
+    main-graph tensors load fine). An --output folder hard-links unchanged weights, so the windowed encoder
+    gets its own weights file, streamed (the consolidate path)."""
+    if not fp.audit.uses_external or fp.weights in ("consolidate", "inline"):
+        return
+    stem = fp.name[: -len(".onnx")] if fp.name.endswith(".onnx") else fp.name
+    fp.weights, fp.weights_name = "consolidate", f"{stem}.weights"
+    fp.changes.append(Change(fp.name, "weights", "own weights file", ", ".join(f.location for f in fp.audit.files[:3]),
+                             fp.weights_name, "onnxruntime refuses a Loop body's external weights in a hard-linked "
+                             "file; the windowed encoder gets its own copy"))
 
 
 def _plan_posenc(fp: FilePlan, v: VariantReport, max_seconds: float, warnings: list[str]) -> None:
