@@ -287,3 +287,10 @@ def test_windowed_encoder_with_external_weights_gets_its_own_weights_file(tdt80,
     os.link(out / "encoder.weights", tmp_path / "extra-link")
     with pytest.raises(RuntimeError, match="hard link"):
         stock_decode(out, 30)  # why: the same folder, its weights hard-linked once more
+    # a source whose weights have no other link: kept as they are, and copied (not linked) into --output
+    os.unlink(tmp_path / "elsewhere" / "encoder.weights")
+    out2 = tmp_path / "out2"
+    r = prepare_folder(tdt80, output=out2, window=True, window_seconds=10)
+    assert r.exit_code == 0 and not any(c.kind == "weights" for c in r.plan.changes), r.to_json()
+    assert (out2 / "encoder.weights").stat().st_nlink == 1 and (tdt80 / "encoder.weights").stat().st_nlink == 1
+    assert stock_decode(out2, 30)["last"] > 25

@@ -325,15 +325,17 @@ def _plan_dynamic_window(fp: FilePlan, v: VariantReport, window: dict) -> None:
 def _own_weights_for_window(fp: FilePlan) -> None:
     """A windowed graph keeps its weights in the Loop body, and onnxruntime (sherpa-onnx 2.0.1 too) refuses
     external data of subgraph tensors in a file with more than one hard link ("potential hardlink attack";
-    main-graph tensors load fine). An --output folder hard-links unchanged weights, so the windowed encoder
-    gets its own weights file, streamed (the consolidate path)."""
+    main-graph tensors load fine). A weights file already hard-linked elsewhere is replaced by the encoder's
+    own, streamed (the consolidate path); an --output folder copies the others instead of linking them."""
     if not fp.audit.uses_external or fp.weights in ("consolidate", "inline"):
+        return
+    if all(os.stat(f.real).st_nlink == 1 for f in fp.audit.files if f.real.exists()):
         return
     stem = fp.name[: -len(".onnx")] if fp.name.endswith(".onnx") else fp.name
     fp.weights, fp.weights_name = "consolidate", f"{stem}.weights"
     fp.changes.append(Change(fp.name, "weights", "own weights file", ", ".join(f.location for f in fp.audit.files[:3]),
-                             fp.weights_name, "onnxruntime refuses a Loop body's external weights in a hard-linked "
-                             "file; the windowed encoder gets its own copy"))
+                             fp.weights_name, "the file has other hard links, and onnxruntime refuses a Loop body's "
+                             "external weights in a hard-linked file"))
 
 
 def _plan_posenc(fp: FilePlan, v: VariantReport, max_seconds: float, warnings: list[str]) -> None:
@@ -857,8 +859,11 @@ def _apply_to_output(plan: Plan, result: PrepareResult, output: Path, force: boo
         written_graphs: set[str] = set()
         consolidated_sources: set[str] = set()
         kept_refs: set[str] = set()
+        own_copies: set[str] = set()  # weights of windowed graphs: copied, never hard-linked (_own_weights_for_window)
         for fp in plan.files:
             refs = {f.path.name for f in fp.audit.files}
+            if fp.window is not None:
+                own_copies |= refs
             if fp.changed:
                 # A fresh folder replaces nothing until its final rename, and the source is never
                 # touched: no fsync here, like cp.
@@ -886,6 +891,13 @@ def _apply_to_output(plan: Plan, result: PrepareResult, output: Path, force: boo
             if (staging / p.name).exists():
                 continue
             inside(source, p)  # a symlink out of the folder is never followed (confine.py)
+            if p.name in own_copies:
+                try:
+                    shutil.copyfile(os.path.realpath(p), staging / p.name)  # the kernel copies (copy_file_range)
+                except OSError as exc:
+                    raise disk_error(exc, staging / p.name) from exc
+                result.written.append(p.name)
+                continue
             _bring(p, staging / p.name, result)
         result.seconds["write"] = time.perf_counter() - t
         t = time.perf_counter()
