@@ -42,19 +42,21 @@ def session_model_dir(folder: str | os.PathLike | None) -> Iterator[None]:
             os.chdir(old)
 
 
-def weights_folder(*model_paths: str | os.PathLike) -> Path | None:
+def weights_folder(*models) -> Path | None:
     """The one folder whose relative weight paths must resolve, or None when no model has external data.
 
-    Paths must be absolute before the working directory changes; callers pass
+    models: paths, or GraphFiles the caller has loaded already (the recognizer loads each graph
+    once per load). Paths must be absolute before the working directory changes; callers pass
     absolute paths to sherpa-onnx inside the context.
     """
     from ..reading.external_data import external_refs
-    from ..reading.onnx_graph import load_graph
+    from ..reading.onnx_graph import GraphFile, load_graph
 
     folders = set()
-    for p in model_paths:
-        p = Path(os.path.abspath(p))  # not resolve(): relative weights resolve beside the link
-        refs, _ = external_refs(load_graph(p))
+    for m in models:
+        g = m if isinstance(m, GraphFile) else load_graph(Path(os.path.abspath(m)))
+        p = Path(os.path.abspath(g.path))  # not resolve(): relative weights resolve beside the link
+        refs, _ = external_refs(g)
         if any(not os.path.isabs(r.location) for r in refs):
             folders.add(p.parent)
     if len(folders) > 1:
