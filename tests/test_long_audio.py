@@ -256,6 +256,7 @@ def test_dynamic_window_decodes_past_the_limit_with_bounded_attention(tdt80, tmp
     r = prepare_folder(tdt80, output=win, window=True, window_seconds=10)
     assert r.exit_code == 0 and {c.kind for c in r.checks} == {"window", "sherpa"}, r.to_json()
     assert inspect_folder(win).variants[0].positional is None  # windowed: no limit left
+    assert prepare_folder(win, in_place=True, max_seconds=600).nothing_to_do  # so nothing to extend
     assert prepare_folder(tdt80, output=whole, max_seconds=240).exit_code == 0
     assert prepare_folder(tdt80, output=plain).exit_code == 0  # metadata only
     with pytest.raises(RuntimeError, match="broadcast"):

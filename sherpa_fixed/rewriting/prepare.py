@@ -340,6 +340,8 @@ def _own_weights_for_window(fp: FilePlan) -> None:
 
 def _plan_posenc(fp: FilePlan, v: VariantReport, max_seconds: float, warnings: list[str]) -> None:
     """--max-seconds: extend every positional table that serves fewer frames than asked for."""
+    if v.window is not None:
+        return  # windowed by prepare --window: attention is per window, no positional limit is left
     time = v.time_axis()
     if time is not None and time.fixed:
         raise BadInputError(f"--max-seconds is for dynamic encoders; this one's time axis is fixed at {time.size} "
