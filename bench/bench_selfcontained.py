@@ -39,6 +39,22 @@ _OLD = ("import sys; import sherpa_fixed.reading.onnx_graph as g; g.SKELETON_AT 
         "import sherpa_fixed.rewriting.stream_rewrite as s; s.applies = lambda fp: False; "
         "from sherpa_fixed.cli import main; sys.argv = ['sherpa-fixed', *sys.argv[1:]]; main()")
 
+# What OfflineRecognizer reads before creating sessions (decoding/recognizer.py): the three signatures,
+# the confinement audit of each graph, and the weights folder for relative external data.
+_RECOGNIZER_READS = """
+import sys
+from pathlib import Path
+from sherpa_fixed.decoding.session_dir import weights_folder
+from sherpa_fixed.reading.external_data import audit_external_data
+from sherpa_fixed.reading.onnx_graph import load_graph, read_signature
+folder = Path(sys.argv[1])
+paths = [next(folder.glob(f"{role}*.onnx")) for role in ("encoder", "decoder", "joiner")]
+for p in paths:
+    read_signature(p)
+    audit_external_data(load_graph(p))
+weights_folder(*paths)
+"""
+
 
 def synthetic(folder: Path) -> Path:
     """A NeMo-shaped encoder of ~1.1 GB with every weight inline (as quantize_dynamic writes one file)."""
@@ -98,9 +114,10 @@ def main() -> None:
         "prepare --output --verify off (after)": [CLI, "prepare", str(src), "--output", str(dst), "--verify", "off"],
         "prepare --output (before: parse + serialize)": [sys.executable, "-c", _OLD, "prepare", str(src), "--output",
                                                          str(dst)],
-        "read_signature (recognizer load, after)": [sys.executable, "-c", "import sys; from sherpa_fixed.reading."
-                                                    "onnx_graph import read_signature; read_signature(sys.argv[1])",
-                                                    str(enc)],
+        "read_signature of the encoder (after)": [sys.executable, "-c", "import sys; from sherpa_fixed.reading."
+                                                  "onnx_graph import read_signature; read_signature(sys.argv[1])",
+                                                  str(enc)],
+        "recognizer's reads before its sessions (after)": [sys.executable, "-c", _RECOGNIZER_READS, str(src)],
     }, setup=clean, repeat=args.rounds)
     clean()
     base = rows["cp encoder (baseline)"]["wall_s"]

@@ -92,6 +92,12 @@ class Pinned:
             n -= len(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def __copy__(self) -> Pinned:
+        return self  # one descriptor, one owner: a copied GraphFile shares it rather than closing it twice
+
+    def __deepcopy__(self, memo) -> Pinned:
+        return self
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
