@@ -31,6 +31,7 @@ from ..decoding.features import nemo_features
 from ..decoding.sherpa_check import die_with_parent, error_line
 
 ENCODER_TOLERANCE = 1e-3  # absolute, on encoder outputs of magnitude ~1; fp32 reordering gives ~1e-5
+TIE_TOLERANCE = 0.02  # logit margin below which two searches may pick differently (as checking/baseline.py)
 
 
 @dataclass
@@ -41,9 +42,11 @@ class NemoReference:
     encoded_frames: int
     token_ids: list[int]
     pieces: list[str]
+    frames: list[int] = field(default_factory=list)  # encoder frame of each token (NeMo's timestamps)
+    nets: tuple | None = field(default=None, repr=False)  # (decoder, joint, torch, vocabulary) kept by export
 
 
-def nemo_greedy(model, torch, features: np.ndarray) -> tuple[np.ndarray, int, list[int]]:
+def nemo_greedy(model, torch, features: np.ndarray) -> tuple[np.ndarray, int, list[int], list[int]]:
     """NeMo's encoder and its own configured greedy decoding on (frames, feat_dim) features."""
     x = torch.from_numpy(np.ascontiguousarray(features.T[None], dtype=np.float32))
     length = torch.tensor([features.shape[0]], dtype=torch.int64)
@@ -56,7 +59,10 @@ def nemo_greedy(model, torch, features: np.ndarray) -> tuple[np.ndarray, int, li
     hyp = hyps[0]
     ids = hyp.y_sequence
     ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-    return enc.numpy(), int(enc_len[0]), [int(i) for i in ids]
+    ts = getattr(hyp, "timestamp", None)
+    ts = ts.tolist() if hasattr(ts, "tolist") else list(ts or [])
+    frames = [int(t) for t in ts] if len(ts) == len(ids) else []
+    return enc.numpy(), int(enc_len[0]), [int(i) for i in ids], frames
 
 
 # Tokens one frame may emit in sherpa-onnx's greedy search: offline-transducer-greedy-search-nemo-decoder.cc,
@@ -89,8 +95,9 @@ def nemo_reference(model, torch, samples: np.ndarray, feat_dim: int, normalize_t
     if tdt is not None:
         match_sherpa_cap(model, tdt)
     feats = nemo_features(samples, feat_dim, normalize_type)
-    enc, n, ids = nemo_greedy(model, torch, feats)
-    return NemoReference(samples.astype(np.float32), feats, enc, n, ids, [as_sherpa(vocabulary[i]) for i in ids])
+    enc, n, ids, frames = nemo_greedy(model, torch, feats)
+    return NemoReference(samples.astype(np.float32), feats, enc, n, ids, [as_sherpa(vocabulary[i]) for i in ids],
+                         frames)
 
 
 def as_sherpa(piece: str) -> str:
@@ -117,6 +124,28 @@ def frontend_difference(model, torch, samples: np.ndarray, feat_dim: int, normal
     return {"nemo_frames": len(ours_nemo), "sherpa_frames": len(sherpa), "compared_frames": m,
             "max_abs": float(np.abs(d).max()) if m else None, "rms": float(np.sqrt(np.mean(d * d))) if m else None,
             "feature_rms": float(np.sqrt(np.mean(sherpa[:m] ** 2))) if m else None}
+
+
+def tie_margin(decoder, joint, torch, ref: NemoReference, index: int, other_piece: str,
+               vocabulary: list[str]) -> float | None:
+    """NeMo's own logit margin, at token `index`, between its choice and the piece sherpa-onnx chose there.
+
+    The prediction network is replayed in torch over NeMo's tokens before `index` (its state when it
+    chose), and the joint is evaluated at NeMo's frame for that token on torch's encoder output. A
+    margin within TIE_TOLERANCE is a near-tie: float noise between torch and onnxruntime decides it
+    (random weights are full of them), not a wrong export.
+    """
+    pieces = [as_sherpa(v) for v in vocabulary]
+    if other_piece not in pieces or index >= len(ref.frames):
+        return None
+    other = pieces.index(other_piece)
+    with torch.no_grad():
+        g, state = decoder.predict(None, None, add_sos=False, batch_size=1)[:2]
+        for tok in ref.token_ids[:index]:
+            g, state = decoder.predict(torch.tensor([[tok]]), state, add_sos=False, batch_size=1)[:2]
+        f = torch.from_numpy(ref.encoder_out).transpose(1, 2)[:, ref.frames[index]:ref.frames[index] + 1, :]
+        logits = joint.joint_after_projection(joint.project_encoder(f), joint.project_prednet(g))[0, 0, 0]
+    return float(logits[ref.token_ids[index]] - logits[other])
 
 
 def onnx_encoder_difference(encoder: Path, ref: NemoReference, threads: int = 1) -> dict:

@@ -15,15 +15,22 @@ INSTALL = ('pip install torch --index-url https://download.pytorch.org/whl/cpu (
 
 def require_extra():
     """Import and return (torch, nemo.collections.asr, nemo version); BadInputError when missing."""
+    import contextlib
+    import io
+    import logging
+
     missing = []
+    logging.getLogger("nv_one_logger").setLevel(logging.ERROR)
     try:
         import torch
     except ImportError:
         missing.append("torch")
         torch = None
     try:
-        import nemo
-        import nemo.collections.asr as nemo_asr
+        # NeMo's import prints telemetry and CUDA notices on stderr; an error must stay one line.
+        with contextlib.redirect_stderr(io.StringIO()):
+            import nemo
+            import nemo.collections.asr as nemo_asr
     except ImportError as exc:
         missing.append(f"nemo-toolkit[asr] ({exc.name or exc})" if torch is not None else "nemo-toolkit[asr]")
         nemo_asr = nemo = None

@@ -98,7 +98,9 @@ def load_model(archive: NemoArchive, extracted: Path, nemo_asr, torch):
     except BadInputError:
         raise
     except Exception as exc:  # NeMo raises anything from KeyError to RuntimeError on a bad checkpoint
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        if "weights_only" in first or "Unpickl" in type(exc).__name__ or "PytorchStreamReader" in first:
+            first = "model_weights.ckpt is not a readable torch checkpoint"
         raise BadInputError(f"NeMo could not restore the checkpoint ({type(exc).__name__}: {first})",
                             path=archive.path, fix="check that it is a NeMo ASR checkpoint saved by a NeMo version "
                             "compatible with the installed one; re-download it if it is damaged") from exc
