@@ -368,3 +368,17 @@ def test_windowed_encoder_is_refused_with_the_order_that_works(tmp_path):
     quantize_folder(static, output=tmp_path / "q")
     r = prepare_folder(tmp_path / "q", output=tmp_path / "qwin", window=True)
     assert r.exit_code == 0 and all(c.ok for c in r.checks) and r.checks
+
+
+def test_file_is_onnxruntimes_bytes_then_our_metadata_entry(nemo_copy, tmp_path):
+    """Byte identity, the form the 1.1B benchmark checks by streaming: onnxruntime's file is a prefix of ours."""
+    src, _ = nemo_copy("tdt-128")
+    quantize_folder(src, output=tmp_path / "q")
+    for role in ROLES:
+        ort_quantize(src / f"{role}.onnx", tmp_path / f"ort-{role}.onnx", role)
+        theirs = (tmp_path / f"ort-{role}.onnx").read_bytes()
+        ours = (tmp_path / "q" / f"{role}.int8.onnx").read_bytes()
+        assert ours[: len(theirs)] == theirs
+        tail = onnx.ModelProto.FromString(ours[len(theirs):])
+        assert [f.name for f, _ in tail.ListFields()] == ["metadata_props"]
+        assert [p.key for p in tail.metadata_props] == [QUANTIZED_KEY]
