@@ -406,7 +406,7 @@ def demo_cmd(folder, as_json):
                    "sherpa_fixed.OfflineRecognizer or make it any-length with `prepare --window`.")
 @click.option("--force", is_flag=True, help="Replace an existing, non-empty OUT_DIR.")
 @click.option("--audio", type=click.Path(dir_okay=False),
-              help="WAV file for the agreement check (default: 19 s of generated tone segments).")
+              help="WAV file for the agreement check (default: 8 s of generated tone segments).")
 @click.option("--no-check", is_flag=True, help="Skip the checks (inspect, encoder vs torch, sherpa-onnx vs NeMo).")
 @click.option("--num-threads", type=int, default=1, show_default=True, help="Threads for the check decodes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
