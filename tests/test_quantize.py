@@ -138,10 +138,13 @@ def test_exclude_a_whole_model_keeps_it_float(nemo_copy, tmp_path):
     assert any(n.op_type == "MatMulInteger" for n in enc.graph.node)
 
 
-def test_exclude_refuses_an_unknown_model_name(nemo_copy, tmp_path):
+def test_exclude_refuses_an_unknown_model_name_or_a_pattern_that_matches_nothing(nemo_copy, tmp_path):
     src, _ = nemo_copy("tdt-80")
     with pytest.raises(BadInputError, match="not a model"):
         quantize_folder(src, output=tmp_path / "q", exclude=["encodr:*"])
+    with pytest.raises(BadInputError, match="matches no node") as e:
+        quantize_folder(src, output=tmp_path / "q", exclude=["encoder:pre_encode"])
+    assert "/layers.0/" in e.value.one_line()
     assert not (tmp_path / "q").exists()
 
 

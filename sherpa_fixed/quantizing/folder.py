@@ -99,6 +99,18 @@ def parse_exclude(patterns: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
+def _check_patterns(patterns: Sequence[str], graphs: dict[str, GraphFile]) -> None:
+    """A pattern that matches no node is almost always a typo: refuse it before any work."""
+    for p in patterns:
+        per_role = parse_exclude([p])
+        if not any(excluded_nodes([n.name for n in graphs[r].model.graph.node], globs)
+                   for r, globs in per_role.items() if globs):
+            example = next((n.name for n in graphs["encoder"].model.graph.node if n.op_type == "MatMul"), "")
+            raise BadInputError(f"--exclude {p!r} matches no node", path=graphs["encoder"].path.parent,
+                                fix=f"node names look like {example!r}; globs match the whole name, so use "
+                                    "'*' (e.g. 'encoder:*/conv/*'); nothing was written")
+
+
 def excluded_nodes(names: list[str], globs: list[str]) -> list[str]:
     return [n for n in names if n and any(fnmatch.fnmatchcase(n, g) for g in globs)]
 
@@ -188,6 +200,7 @@ def quantize_folder(
         else:
             check_output(source, out_path, force)
         graphs = _fp32_set(source)
+        _check_patterns(exclude, graphs)
         if in_place and not force:
             existing = [INT8_NAMES[r] for r in ROLES if (source / INT8_NAMES[r]).exists()]
             if existing:
