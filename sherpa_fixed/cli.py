@@ -455,8 +455,8 @@ def export_cmd(model, out_dir, int8, static_frames, force, audio, no_check, num_
               help="Write a new folder in the layout of sherpa-onnx's int8 releases (int8 set + tokens.txt).")
 @click.option("--in-place", is_flag=True, help="Add the int8 files beside the fp32 set in MODEL_DIR.")
 @click.option("--per-channel", is_flag=True,
-              help="One scale per output channel for MatMul weights (onnxruntime's per_channel): more accurate, "
-                   "same size and speed.")
+              help="One scale per output channel for MatMul weights (onnxruntime's per_channel); "
+                   "docs/quantize.md has what each option measured.")
 @click.option("--exclude", "exclude", multiple=True, metavar="[ROLE:]GLOB",
               help="Keep nodes whose name matches GLOB in fp32, in ROLE (encoder, decoder, joiner) or in all three; "
                    "e.g. 'encoder:/pre_encode/*' or 'joiner:*'. Repeatable.")
