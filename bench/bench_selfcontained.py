@@ -103,7 +103,10 @@ def main() -> None:
           f"disk: {fs_type(work)}")
 
     def clean() -> None:
-        shutil.rmtree(dst, ignore_errors=True)
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        else:
+            dst.unlink(missing_ok=True)
 
     rows = measure_interleaved({
         "cp encoder (baseline)": ["cp", str(enc), str(dst)],
