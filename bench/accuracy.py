@@ -3,6 +3,7 @@
     python bench/accuracy.py                       # judged set (seed 3003), about 3 minutes
     python bench/accuracy.py --set path/to/setA    # also any other set folder (long.json / short.json)
     python bench/accuracy.py --quick               # the CI guard's paths only
+    python bench/accuracy.py --noise 20            # the CI guard's margin: its differences over 20 seeds
 
 The model is tests/data/speech/ (tiny FastConformer-TDT trained on espeak-ng
 speech, see its PROVENANCE.md). The judged set is made by
@@ -61,12 +62,11 @@ def int8_model(src: Path, out: Path) -> Path:
     (scripts/nemo/parakeet-tdt-0.6b-v2/export_onnx.py in k2-fsa/sherpa-onnx)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    if not (out / "joiner.int8.onnx").is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src / "tokens.txt", out / "tokens.txt")
-        for m in ("encoder", "decoder", "joiner"):
-            quantize_dynamic(model_input=str(src / f"{m}.onnx"), model_output=str(out / f"{m}.int8.onnx"),
-                             weight_type=QuantType.QUInt8 if m == "encoder" else QuantType.QInt8)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "tokens.txt", out / "tokens.txt")
+    for m in ("encoder", "decoder", "joiner"):
+        quantize_dynamic(model_input=str(src / f"{m}.onnx"), model_output=str(out / f"{m}.int8.onnx"),
+                         weight_type=QuantType.QUInt8 if m == "encoder" else QuantType.QInt8)
     return out
 
 
@@ -76,8 +76,9 @@ def binary_path(name: str, folder: Path, utts: list[Utterance], set_dir: Path, f
     exe = shutil.which("sherpa-onnx-offline")
     if exe is None:
         raise SystemExit("sherpa-onnx-offline not found: pip install sherpa-onnx-bin")
-    args = [exe] + [f"--{k}={v}" for k, v in transducer_files(folder).items() if k != "decoding_method"]
-    args = [a.replace("--model_type", "--model-type") for a in args] + [f"--num-threads={threads}"]
+    f = transducer_files(folder)
+    args = [exe, *(f"--{k}={f[k]}" for k in ("encoder", "decoder", "joiner", "tokens")),
+            "--model-type=nemo_transducer", "--decoding-method=greedy_search", f"--num-threads={threads}"]
     hyps: list[str] = []
     t = time.perf_counter()
     group: list[str] = []
@@ -174,6 +175,39 @@ def evaluate(set_dir: Path, kinds: list[str], rows, threads: int) -> dict:
     return doc
 
 
+def noise(seeds: range, threads: int, work: Path) -> None:
+    """The spread of the CI guard's differences over seeds: sets made as tests/test_accuracy.py makes
+    its own (6 min of 40-80 s recordings, 150 clips), the guarded paths and a broken setting."""
+    import statistics
+
+    from sherpa_fixed import OfflineRecognizer
+    from sherpa_fixed.checking.speechgen import make_set
+
+    rows = paths(True, threads, work / "models")
+    rows.append(("drop-in 4 s / 0 s (broken on purpose)", lambda: recognizer_decoder(OfflineRecognizer.from_transducer(
+        **transducer_files(MODEL / "dynamic"), window_seconds=4, overlap_seconds=0, num_threads=threads))))
+    decoders = [(name, make()) for name, make in rows]
+    deltas: dict[tuple[str, str], list[float]] = {}
+    for seed in seeds:
+        folder = work / "noise" / f"seed{seed}"
+        if not (folder / "set.json").is_file():
+            make_set(folder, seed, long_minutes=6.0, n_short=150, long_seconds=(40.0, 80.0))
+        for kind in ("long", "short"):
+            utts = load_set(folder, kind)
+            results = [run_path(name, dec, utts) for name, dec in decoders]
+            for r in results[1:]:
+                deltas.setdefault((r.name, kind), []).append(delta(r, results[0])[0])
+        print(f"  seed {seed} done", file=sys.stderr, flush=True)
+    print(f"| path | long: mean Δ | sd | min | max | short: mean Δ | sd | min | max |  ({len(seeds)} seeds)")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, _ in decoders[1:]:
+        cells = []
+        for kind in ("long", "short"):
+            v = deltas[name, kind]
+            cells += [f"{statistics.mean(v):+.2f}", f"{statistics.stdev(v):.2f}", f"{min(v):+.2f}", f"{max(v):+.2f}"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--set", dest="sets", action="append", default=[],
@@ -184,7 +218,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="only the paths the CI guard checks")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write every row and every file's hypothesis here")
+    ap.add_argument("--noise", type=int, metavar="N",
+                    help="instead: the CI guard's differences over N seeds (200, 201, ...), for its margin")
     a = ap.parse_args()
+    if a.noise:
+        noise(range(200, 200 + a.noise), a.threads, OUT / "accuracy")
+        return
 
     from sherpa_fixed.checking.speechgen import make_set
 

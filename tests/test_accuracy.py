@@ -15,16 +15,16 @@ through the drop-in recognizer (the Python chunker), and the static-800 encoder 
 The margin (MARGIN, in WER points, per set) comes from measured noise: a correct decode path
 differs from whole-utterance decoding only where a word sits near a window edge or a padded clip
 tips a near-tie, so on a set of this size its difference wanders around zero from one seed to
-another. Over 19 seeds of sets made exactly like this one (6 min of long-form speech, about 770
+another. Over 20 seeds of sets made exactly like this one (6 min of long-form speech, about 760
 words; 150 clips, about 830 words; docs/accuracy.md), the correct paths' differences were:
-long-form: largest +0.84, standard deviation at most 0.64 (static800 through the chunker);
+long-form: largest +1.21, standard deviation at most 0.69 (static800 through the chunker);
 short clips: largest +0.72, standard deviation 0.38 (the same path; the others were exactly 0).
-MARGIN is about 3.5 standard deviations above the noisiest path's mean: 2.0 points long-form,
-1.5 points short. Real defects are far larger: the static-800 chunker's former short-clip padding
-cost +8 to +10 points (set A and the judged set; +10.05 on this very set, measured with the
-chunker before commit 4350371), and 4 s windows without overlap cost +3.8
-points on average (+1.4 to +4.9); test_the_guard_has_teeth decodes with that broken setting and
-checks it trips the margin on this set.
+MARGIN is about 3 standard deviations above the noisiest path's mean on long-form speech (2.0
+points) and about 4 on short clips (1.5 points). Real defects are far larger: the static-800
+chunker's former short-clip padding cost +8 to +10 points (set A and the judged set; +10.05 on
+this very set, measured with the chunker before commit 4350371), and 4 s windows without
+overlap cost +3.9 points on average (+1.4 to +6.5); test_the_guard_has_teeth decodes with that
+broken setting and checks it trips the margin on this set.
 
 espeak-ng must be installed (CI installs it: apt-get install espeak-ng); without it these tests
 fail with that instruction rather than skip.

@@ -88,14 +88,15 @@ def recognizer_decoder(recognizer) -> Decoder:
 
 
 def windowed_model(static_folder: str | os.PathLike, out: str | os.PathLike, **kwargs) -> Path:
-    """`sherpa-fixed prepare --window` of a fixed-window model folder (reused when already made)."""
+    """`sherpa-fixed prepare --window` of a fixed-window model folder, made afresh (a second or so),
+    so the numbers are always those of the current rewrite."""
     from ..rewriting.prepare import prepare_folder
 
     out = Path(out)
-    if not (out / "encoder.onnx").is_file():
-        result = prepare_folder(static_folder, output=out, window=True, force=True, **kwargs)
-        if result.exit_code != 0:
-            raise RuntimeError(f"prepare --window failed: {result.to_json()}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = prepare_folder(static_folder, output=out, window=True, force=True, **kwargs)
+    if result.exit_code != 0:
+        raise RuntimeError(f"prepare --window failed: {result.to_json()}")
     return out
 
 
