@@ -83,12 +83,43 @@ def extract_archive(archive: NemoArchive, folder: Path) -> None:
                             fix="the file is truncated or damaged; re-download or re-save it") from exc
 
 
-def load_model(archive: NemoArchive, extracted: Path, nemo_asr, torch):
-    """Restore the model on CPU from an already extracted archive; transducer branch selected."""
+def mapped_connector():
+    """NeMo's SaveRestoreConnector, except that the weights are memory-mapped and assigned, not copied.
+
+    NeMo's restore builds the model (random init, the model's full size), then
+    torch.loads the checkpoint (the full size again) and copies it in: two
+    copies at the peak. Here `torch.load(mmap=True)` maps the unpacked
+    checkpoint and `load_state_dict(assign=True)` makes those mapped tensors
+    the parameters, freeing the random init: one copy, and its pages are the
+    file's (reclaimable). Anything that refuses (an old non-zip checkpoint, an
+    old torch) falls back to NeMo's own way.
+    """
     from nemo.core.connectors.save_restore_connector import SaveRestoreConnector
 
+    class MappedConnector(SaveRestoreConnector):
+        @staticmethod
+        def _load_state_dict_from_disk(model_weights, map_location="cpu"):
+            import torch
+
+            try:
+                return torch.load(model_weights, map_location=map_location, mmap=True, weights_only=True)
+            except Exception:
+                return SaveRestoreConnector._load_state_dict_from_disk(model_weights, map_location=map_location)
+
+        def load_instance_with_state_dict(self, instance, state_dict, strict):
+            try:
+                instance.load_state_dict(state_dict, strict=strict, assign=True)
+            except TypeError:
+                instance.load_state_dict(state_dict, strict=strict)
+            instance._set_model_restore_state(is_being_restored=False)
+
+    return MappedConnector()
+
+
+def load_model(archive: NemoArchive, extracted: Path, nemo_asr, torch):
+    """Restore the model on CPU from an already extracted archive; transducer branch selected."""
     quiet_nemo()
-    connector = SaveRestoreConnector()
+    connector = mapped_connector()
     connector.model_extracted_dir = str(extracted)
     sink = io.StringIO()
     try:
