@@ -69,15 +69,3 @@ def run_python(python: str, code: str, *args: str, cwd: str | Path | None = None
     """Run code in another interpreter with this checkout importable."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([python, "-c", code, *args], capture_output=True, text=True, cwd=cwd, env=env)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests marked `export` need the [export] extra (torch, NeMo): they run only when asked for with
-    `pytest -m export` (in an environment with the extra, where they fail rather than skip without it);
-    a plain `pytest` deselects them."""
-    if "export" in (config.getoption("markexpr") or ""):
-        return
-    chosen = [i for i in items if i.get_closest_marker("export") is None]
-    if len(chosen) != len(items):
-        config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("export") is not None])
-        items[:] = chosen

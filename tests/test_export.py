@@ -1,9 +1,9 @@
 """`sherpa-fixed export` on genuine tiny .nemo checkpoints: TDT 80 and 128 mel, RNNT, a hybrid TDT-CTC.
 
-These need the optional [export] extra (torch, nemo-toolkit) and are marked
-`export`: a plain `pytest` deselects them (the default environment has no
-torch), `pytest -m export` runs them, in an environment with the extra, and
-there they FAIL, never skip, if torch or NeMo is missing.
+These need the optional [export] extra (torch, nemo-toolkit), which the
+README's test command installs; without it they FAIL, never skip. They are
+marked `export`, so `pytest -m "not export"` leaves them out on purpose
+(a quick run in an environment without torch).
 
 Checkpoints are built the way tests/data/nemo/make_exports.py builds its
 exports (random weights, real NeMo classes, a SentencePiece tokenizer),
