@@ -49,6 +49,8 @@ def _normalise(path: str) -> str:
     path = re.sub(r"\.files\.(encoder|decoder|joiner)", ".files.<role>", path)
     path = re.sub(r"\.(measured|expected_metadata)\.[a-z_]+", r".\1.<key>", path)
     path = re.sub(r"\.metadata\..+$", ".metadata", path)
+    path = re.sub(r"\.quantization\.(operators|weights)\..+$", r".quantization.\1", path)  # counts by name
+    path = re.sub(r"\.quantization\.by\..+$", ".quantization.by", path)  # sherpa-fixed's own record
     return path
 
 
