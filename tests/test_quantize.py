@@ -29,7 +29,7 @@ from sherpa_fixed.quantizing.report import QUANTIZED_KEY, describe
 
 from .conftest import NEMO_DIR, NEMO_VARIANTS, REPO
 
-SPEECH = Path("/work/shared/speech/model/dynamic")
+SPEECH = Path(__file__).parent / "data" / "speech" / "dynamic"  # the vendored speech model (PROVENANCE.md)
 ROLES = ("encoder", "decoder", "joiner")
 
 
@@ -106,7 +106,6 @@ def test_genuine_export_as_torch_writes_it_over_2gib(nemo_copy, tmp_path):
     check_folder(src, tmp_path / "q", tmp_path)
 
 
-@pytest.mark.skipif(not SPEECH.exists(), reason="needs /work/shared/speech")
 def test_speech_model_equal_onnxruntime_and_decodes_the_same(tmp_path):
     quantize_folder(SPEECH, output=tmp_path / "q")
     check_folder(SPEECH, tmp_path / "q", tmp_path)
