@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 from onnx import ModelProto, TensorProto
 
 from ..reading.onnx_graph import initializer_tensors
+from ..reading.protostream import key_bytes, varint_bytes
 from ..rewriting.atomic import disk_error
 from ..rewriting.weights import aligned, copy_range_at, set_external
 from .stubs import Ref, Store, clear_stub, stub_key
@@ -34,20 +35,8 @@ Chunk = bytes | Ref
 Tick = Callable[[int], None]  # bytes just written
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _len_field(number: int, length: int) -> bytes:
-    return _varint(number << 3 | 2) + _varint(length)
+    return key_bytes(number, 2) + varint_bytes(length)
 
 
 def _repeated(fd) -> bool:

@@ -24,7 +24,14 @@ import onnx
 
 from ..decoding.runtime import first_line, session_from_model, session_from_path
 from ..reading.external_data import resolve_location
-from ..reading.onnx_graph import GraphFile, TensorSpec, external_info, graph_tensors, uses_external_data
+from ..reading.onnx_graph import (
+    GraphFile,
+    TensorSpec,
+    external_info,
+    graph_tensors,
+    inline_span,
+    uses_external_data,
+)
 
 CHUNK = 8 << 20
 
@@ -232,15 +239,7 @@ def _skeleton_span(g: GraphFile | None, t: onnx.TensorProto):
     rewrite that path names the NEW file, so those bytes must be read from the original's pinned
     descriptor, never by path (and never taken as "unmoved" because the path is the same).
     """
-    if g is None or not getattr(g, "inline_spans", None) or not uses_external_data(t):
-        return None
-    info = external_info(t)
-    if info.get("location") != g.path.name:
-        return None
-    try:
-        return g.inline_spans.get(int(info.get("offset", "-1")))
-    except ValueError:
-        return None
+    return None if g is None else inline_span(g, t)
 
 
 def _tensor_reader(model_path: Path, graph: GraphFile | None = None):
