@@ -152,7 +152,11 @@ def inspect(root: Path, runs: int) -> dict:
 
 
 def prepare(root: Path, rounds: int) -> dict:
-    """prepare --output against cp -r of the same folder, interleaved, a full sync before each run."""
+    """prepare --output against cp -r of the same folder, interleaved, a full sync before each run.
+
+    Two baselines: `cp -r` alone (its writeback is left to the kernel, after the timer stops) and
+    `cp -r && sync` (the copy made durable, as prepare makes its files with fsync before renaming
+    them into place: a file renamed in before its bytes reach the disk can be empty after a crash)."""
     out = {}
     for name in ("raw", "int8.raw"):
         src = root / name
@@ -160,15 +164,16 @@ def prepare(root: Path, rounds: int) -> dict:
             continue
         dst_cp, dst_prep = root / f"bench-cp-{name}", root / f"bench-prepared-{name}"
         warm(src)
-        runs: dict[str, list[dict]] = {"cp": [], "prepare": []}
+        runs: dict[str, list[dict]] = {"cp": [], "cp+sync": [], "prepare": []}
         for i in range(rounds):
-            order = ("cp", "prepare") if i % 2 == 0 else ("prepare", "cp")
+            order = ("cp", "cp+sync", "prepare") if i % 2 == 0 else ("prepare", "cp+sync", "cp")
             for side in order:
                 for d in (dst_cp, dst_prep):
                     shutil.rmtree(d, ignore_errors=True)
                 os.sync()
-                argv = ["cp", "-r", str(src), str(dst_cp)] if side == "cp" else \
-                    [*SF, "prepare", str(src), "--output", str(dst_prep), "--json"]
+                argv = {"cp": ["cp", "-r", str(src), str(dst_cp)],
+                        "cp+sync": ["sh", "-c", f"cp -r '{src}' '{dst_cp}' && sync"],
+                        "prepare": [*SF, "prepare", str(src), "--output", str(dst_prep), "--json"]}[side]
                 r = timed(argv)
                 if side == "prepare":
                     try:
@@ -183,10 +188,12 @@ def prepare(root: Path, rounds: int) -> dict:
                 os.sync()  # the writeback of this run is not charged to the next one
         shutil.rmtree(dst_cp, ignore_errors=True)  # the last prepared folder stays: the recognizer uses it
         cp = statistics.median(r["wall_s"] for r in runs["cp"])
+        cps = statistics.median(r["wall_s"] for r in runs["cp+sync"])
         pr = statistics.median(r["wall_s"] for r in runs["prepare"])
         last = runs["prepare"][-1]
-        out[name] = {"cp_s": cp, "prepare_s": pr, "ratio": pr / cp,
+        out[name] = {"cp_s": cp, "prepare_s": pr, "ratio": pr / cp, "cp_sync_s": cps, "ratio_sync": pr / cps,
                      "cp_all_s": [round(r["wall_s"], 2) for r in runs["cp"]],
+                     "cp_sync_all_s": [round(r["wall_s"], 2) for r in runs["cp+sync"]],
                      "prepare_all_s": [round(r["wall_s"], 2) for r in runs["prepare"]],
                      "cp_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["cp"]),
                      "prepare_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["prepare"]),
@@ -281,6 +288,17 @@ def environment() -> dict:
                                 if ln.strip()])}
 
 
+def last_line(error: str) -> str:
+    """The line of a child's stderr that says what failed (onnxruntime's message), without escapes."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", error)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    hit = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln or "failed" in ln), lines[-1] if lines
+               else "")
+    return hit.replace("|", "/")[:160]
+
+
 def markdown(doc: dict) -> str:
     lines = [f"Run {doc['env']['date_utc']} UTC, commit {doc['env']['commit']} ({doc['env']['dirty_files']} files "
              f"modified in the working tree), {doc['env']['cpus']} CPUs, sherpa-onnx {doc['env']['sherpa_onnx']}, "
@@ -298,14 +316,17 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {name}/ | {r['wall_s']:.2f} | {r['peak_rss_mb']:.0f} | {r['verdict']} (exit {r['rc']}) |")
         lines.append("")
     if "prepare" in doc:
-        lines += ["| prepare --output vs cp -r | cp (s) | prepare (s) | ratio | prepare peak RSS (MB) | "
-                  "prepare's own split | proofs |", "|---|---|---|---|---|---|---|"]
+        lines += ["| prepare --output vs cp -r | cp (s) | cp && sync (s) | prepare (s) | vs cp | vs cp && sync | "
+                  "prepare peak RSS (MB) | prepare's own split | proofs |", "|---|---|---|---|---|---|---|---|---|"]
         for name, r in doc["prepare"].items():
             split = ", ".join(f"{k} {v:.1f}" for k, v in (r["prepare_seconds"] or {}).items())
             proofs = "; ".join(f"{k} {'ok' if ok else 'FAILED'}" for k, ok, _ in (r["checks"] or [])) or \
                 f"exit {r['prepare_rc']}"
-            lines.append(f"| {name}/ | {r['cp_s']:.2f} ({' '.join(map(str, r['cp_all_s']))}) | {r['prepare_s']:.2f} "
-                         f"({' '.join(map(str, r['prepare_all_s']))}) | {r['ratio']:.2f}x | "
+            sync = (f"{r['cp_sync_s']:.2f} ({' '.join(map(str, r['cp_sync_all_s']))})", f"{r['ratio_sync']:.2f}x") \
+                if "cp_sync_s" in r else ("", "")
+            lines.append(f"| {name}/ | {r['cp_s']:.2f} ({' '.join(map(str, r['cp_all_s']))}) | {sync[0]} | "
+                         f"{r['prepare_s']:.2f} ({' '.join(map(str, r['prepare_all_s']))}) | {r['ratio']:.2f}x | "
+                         f"{sync[1]} | "
                          f"{r['prepare_peak_rss_mb']:.0f} | {split} | {proofs} |")
         lines.append("")
     if "recognizer" in doc:
@@ -314,9 +335,13 @@ def markdown(doc: dict) -> str:
         for variant, v in doc["recognizer"].items():
             for row in v["rows"]:
                 s, o = row.get("stock", {}), row.get("ours", {})
-                if "error" in s or "error" in o:
-                    lines.append(f"| {variant} | {row['seconds']} s | {s.get('error', '')[:80]} | "
-                                 f"{o.get('error', '')[:80]} | | | | | | |")
+                if "error" in o:
+                    lines.append(f"| {variant} | {row['seconds']} s | | fails: {last_line(o['error'])} | | | | | | |")
+                    continue
+                if "error" in s:  # stock cannot decode it (past the positional table): ours alone
+                    lines.append(f"| {variant} | {row['seconds']} s | fails: {last_line(s['error'])} | "
+                                 f"{o['rtf']:.3f} | | | {o['load_s']:.1f} | | {o['peak_rss_mb']:.0f} | "
+                                 f"{o.get('windows', '-')} |")
                     continue
                 lines.append(f"| {variant} | {row['seconds']} s | {s['rtf']:.3f} | {o['rtf']:.3f} | "
                              f"{row['decode_ratio']:.2f}x | {s['load_s']:.1f} | {o['load_s']:.1f} | "
