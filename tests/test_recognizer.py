@@ -229,6 +229,27 @@ def test_static_nemo_export_one_window_matches_plain_and_any_length_runs(nemo_co
         assert r.tokens
 
 
+def test_dynamic_audio_up_to_the_one_pass_limit_is_plain_sherpa_onnx(tmp_path):
+    """Dynamic encoders: up to 90 s (by default) is one pass, sherpa-onnx's own call and result object,
+    since at the 1.1B size one pass is cheaper than 30 s windows plus overlaps up to about 60 s
+    (docs/benchmarks.md); past it, 30 s windows. Given window_seconds alone, the window is the limit."""
+    dynamic = write_oracle_folder(tmp_path / "d", OracleSpec())
+    ours = OfflineRecognizer.from_transducer(**files(dynamic))
+    plain = sherpa_onnx.OfflineRecognizer.from_transducer(**files(dynamic))
+    assert ours._chunking.whole == 90 * 16000 and ours._chunking.spec.window == 30 * 16000
+    rng = np.random.default_rng(5)
+    for seconds, windowed in ((45.0, False), (89.9, False), (95.0, True)):
+        audio = (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+        a = decode(ours, audio, chunk=16000 * 7)
+        if windowed:
+            assert a.windows == 4  # 30 s windows, 2 s overlap: 0-30, 28-58, then two of one length
+        else:
+            b = decode(plain, audio)
+            assert type(a) is type(b) and same_result(a, b)
+    assert OfflineRecognizer.from_transducer(**files(dynamic), window_seconds=10.0)._chunking.whole == 10 * 16000
+    assert OfflineRecognizer.from_transducer(**files(dynamic), whole_seconds=40.0)._chunking.whole == 40 * 16000
+
+
 def test_dynamic_nemo_export_beyond_its_positional_limit_works_windowed(nemo_copy, tmp_path):
     src, _truth = nemo_copy("tdt-80")  # pos_emb_max_len 1000: plain sherpa-onnx fails past ~80 s
     folder = tmp_path / "prepared"
@@ -238,6 +259,7 @@ def test_dynamic_nemo_export_beyond_its_positional_limit_works_windowed(nemo_cop
     assert not run_sherpa(*(files(folder)[k] for k in ("encoder", "decoder", "joiner", "tokens")),
                           samples=[16000 * 90]).ok
     ours = OfflineRecognizer.from_model_dir(folder)
+    assert ours._chunking.whole == 999 * 1280  # one pass stops an output frame short of the table's 1000
     r = decode(ours, (np.random.default_rng(1).standard_normal(16000 * 90) * 0.1).astype(np.float32))
     assert r.windows >= 3 and r.tokens and max(r.timestamps) < 90
 

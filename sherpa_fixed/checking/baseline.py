@@ -28,10 +28,10 @@ import numpy as np
 
 from ..decoding.chunker import Stitcher, merge, plan_windows, window_samples, window_tokens
 from ..decoding.features import nemo_features
-from ..decoding.recognizer import chunking_for
+from ..decoding.recognizer import chunking_for, positional_frames
 from ..decoding.runtime import providers_for, session_from_path
 from ..reading.metadata import atoi
-from ..reading.onnx_graph import read_signature
+from ..reading.onnx_graph import load_graph, read_signature
 from ..reading.tokens import read_tokens
 
 MAX_SYMBOLS_PER_FRAME = 10  # RNNT, as sherpa-onnx
@@ -143,7 +143,7 @@ class Baseline:
         audio = self.encoder.get_inputs()[0]
         self.feat_dim = atoi(meta.get("feat_dim")) or (audio.shape[1] if isinstance(audio.shape[1], int) else 80)
         self.table = {i: symbol(s) for i, s in read_tokens(tokens).symbols.items()}
-        self.chunking = chunking_for(encoder)
+        self.chunking = chunking_for(encoder, positional_frames=positional_frames(load_graph(encoder)))
         self._dec_in = [i.name for i in self.decoder.get_inputs()]
         self._dec_types = [np.int32 if "int32" in i.type else np.int64 for i in self.decoder.get_inputs()[:2]]
         self._enc_in = [i.name for i in self.encoder.get_inputs()]
@@ -288,7 +288,7 @@ class Baseline:
         c = self.chunking
         n = len(samples)
         ties, shifted, divergence = [], [], None
-        if not c.fixed and n <= c.spec.window:
+        if not c.fixed and n <= c.whole:
             r, how = self.compare(self.encode(samples), guide) if guide else (self.greedy(self.encode(samples)),
                                                                                "baseline")
             return {"tokens": r.tokens, "timestamps": r.timestamps, "windows": 1, "ties": r.ties,

@@ -10,11 +10,14 @@ For NeMo transducers it reads the encoder's signature (not its weights):
 - time axis fixed at T frames (static-shape exports): every stream is cut
   into exact T-frame windows, decoded through sherpa-onnx, and merged by
   timestamp (see chunker.py);
-- time axis dynamic: audio up to `window_seconds` (default 30 s) is handed to
-  sherpa-onnx as is, so results are identical to plain sherpa-onnx; longer
-  audio is windowed too, so memory does not grow with its length (full
+- time axis dynamic: audio up to `whole_seconds` (default 90 s, never past
+  the encoder's positional limit) is handed to sherpa-onnx as is, so results
+  are identical to plain sherpa-onnx; longer audio is cut into windows of
+  `window_seconds` (30 s), so memory does not grow with its length (full
   attention over an hour does not fit, and the positional-encoding table of
-  a NeMo export caps the input anyway: 400 s for Parakeet).
+  a NeMo export caps the input anyway: 400 s for Parakeet). Why 90 s: at the
+  1.1B size one pass costs what 30 s windows plus their overlaps cost at
+  about 60 s of audio, and less below (docs/benchmarks.md, "Real scale").
 
 Windows are decoded as soon as enough audio has arrived, so a long stream
 holds at most about one window of samples; when the encoder's batch axis
@@ -36,7 +39,8 @@ import sherpa_onnx
 from ..errors import BadInputError
 from ..reading.layout import find_layout
 from ..reading.metadata import atoi
-from ..reading.onnx_graph import Signature, read_signature
+from ..reading.onnx_graph import GraphFile, Signature, read_signature
+from ..rewriting.posenc import find_tables
 from ..rewriting.windowing import WINDOW_MARKER
 from .audio import Resampler
 from .chunker import (
@@ -52,9 +56,11 @@ from .chunker import (
 )
 from .session_dir import session_model_dir, weights_folder
 
-DEFAULT_WINDOW_S = 30.0  # dynamic models: longer audio is windowed
+DEFAULT_WINDOW_S = 30.0  # dynamic models: the window length for audio too long for one pass
+DEFAULT_WHOLE_S = 90.0  # dynamic models: audio up to this long is one pass (when window_seconds is not given)
 DEFAULT_OVERLAP_S = 2.0
-DEFAULT_BATCH = 8
+DEFAULT_BATCH = 8  # the most windows in one decode_streams call
+DEFAULT_BATCH_SECONDS = 30.0  # ... and by default no more audio than this in one call (see chunking_for)
 
 Progress = Callable[[int, int], None]  # (samples decoded, samples accepted)
 
@@ -68,6 +74,7 @@ class Chunking:
     batch: int  # windows per decode_streams call (1 when the encoder's batch is fixed)
     sample_rate: int
     frame_shift: int  # samples per feature frame
+    whole: int = 0  # dynamic encoders: streams up to this many model-rate samples are decoded in one pass
 
     @property
     def fixed(self) -> bool:
@@ -76,11 +83,16 @@ class Chunking:
 
 def chunking_for(encoder: str | os.PathLike, *, sample_rate: int = 16000, frame_shift_ms: float = 10.0,
                  window_seconds: float | None = None, overlap_seconds: float | None = None,
-                 max_batch: int | None = None, signature: Signature | None = None) -> Chunking:
+                 max_batch: int | None = None, signature: Signature | None = None,
+                 whole_seconds: float | None = None, positional_frames: int | None = None) -> Chunking:
     """Window parameters for an encoder, from its signature and metadata (no weights read).
 
-    signature: the encoder's, when the caller has read it already (one read per load)."""
-    for name, value, zero_ok in (("window_seconds", window_seconds, False), ("overlap_seconds", overlap_seconds, True)):
+    signature: the encoder's, when the caller has read it already (one read per load).
+    whole_seconds: dynamic encoders: the longest audio decoded in one pass (default: window_seconds
+    when that is given, else DEFAULT_WHOLE_S). positional_frames: the encoder's positional limit in
+    output frames, when known; one pass never goes past it."""
+    for name, value, zero_ok in (("window_seconds", window_seconds, False), ("overlap_seconds", overlap_seconds, True),
+                                 ("whole_seconds", whole_seconds, True)):
         if value is not None and not (np.isfinite(value) and (value >= 0 if zero_ok else value > 0)):
             raise BadInputError(f"{name}={value} must be a finite number of seconds "
                                 + ("(0 or more)" if zero_ok else "above 0"))
@@ -115,8 +127,27 @@ def chunking_for(encoder: str | os.PathLike, *, sample_rate: int = 16000, frame_
         raise BadInputError(f"overlap_seconds={overlap_s} must be between 0 and the window "
                             f"({window / sample_rate:g} s) minus one output frame")
     fixed_batch = batch_dim if isinstance(batch_dim, int) else None
-    batch = 1 if fixed_batch == 1 else min(max_batch or DEFAULT_BATCH, fixed_batch or DEFAULT_BATCH)
-    return Chunking(WindowSpec(window, overlap, grid, fixed is not None), fixed, batch, sample_rate, hop)
+    # sherpa-onnx runs a decode_streams batch through the encoder at once, so activations grow with the
+    # audio in the batch (at 1.1B mostly the first pre-encoder convolution, 256 channels at half the frame
+    # rate): 8 windows of 30 s peaked at 3.2 GB against 2.0 GB one by one, for the same speed (3 %, within
+    # noise; bench/realscale/batch_memory.py). By default a batch holds at most 30 s of audio.
+    by_audio = max(1, int(DEFAULT_BATCH_SECONDS * sample_rate) // window)
+    batch = 1 if fixed_batch == 1 else min(max_batch or min(DEFAULT_BATCH, by_audio), fixed_batch or DEFAULT_BATCH)
+    whole = 0
+    if fixed is None:
+        if whole_seconds is None:
+            whole_seconds = window_seconds if window_seconds is not None else max(DEFAULT_WHOLE_S,
+                                                                                 window / sample_rate)
+        whole = max(int(whole_seconds * sample_rate), window)  # within one window it is one pass either way
+        if positional_frames:  # one output frame short of the table: at its edge a NeMo export runs wrong
+            whole = min(whole, (positional_frames - 1) * grid)
+    return Chunking(WindowSpec(window, overlap, grid, fixed is not None), fixed, batch, sample_rate, hop, whole)
+
+
+def positional_frames(encoder: GraphFile) -> int | None:
+    """The encoder's positional limit in output frames (its rel-pos table), None when it has none."""
+    tables = find_tables(encoder.model.graph)
+    return min(t.max_frames for t in tables) if tables else None
 
 
 def preflight(encoder: str, decoder: str, joiner: str, tokens: str, graphs: list | None = None) -> Signature:
@@ -169,18 +200,21 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
     @classmethod
     def from_transducer(cls, encoder: str, decoder: str, joiner: str, tokens: str, *args,
                         window_seconds: float | None = None, overlap_seconds: float | None = None,
-                        max_batch: int | None = None, **kwargs):
+                        max_batch: int | None = None, whole_seconds: float | None = None, **kwargs):
         """sherpa_onnx.OfflineRecognizer.from_transducer, plus windowing for NeMo encoders.
 
         Extra keyword arguments (all optional):
-          window_seconds: dynamic encoders only: longer audio is cut into windows of this
-            length (default 30 s). Longer windows give each token more context and cost memory
-            quadratically (attention); fixed-window encoders use their own length.
+          window_seconds: dynamic encoders only: audio too long for one pass is cut into windows
+            of this length (default 30 s). Longer windows give each token more context and cost
+            memory quadratically (attention); fixed-window encoders use their own length.
+          whole_seconds: dynamic encoders only: audio up to this long is decoded in one pass,
+            exactly as plain sherpa-onnx does (default 90 s, or window_seconds when that is
+            given; never past the encoder's positional limit).
           overlap_seconds: audio shared by consecutive windows (default 2 s). Each token is
             kept from the window where it has at least overlap/2 of context on both sides;
             more overlap costs overlap/(window - overlap) extra encoder work.
           max_batch: windows decoded per decode_streams call when the encoder's batch axis is
-            dynamic (default 8).
+            dynamic (default: as many as fit in 30 s of audio, at most 8; one 30 s window).
         """
         for name in ("encoder", "decoder", "joiner", "tokens"):
             if not Path(locals()[name]).is_file():
@@ -197,6 +231,7 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
 
         graphs = [load_graph(p) for p in (encoder, decoder, joiner)]
         signature = preflight(encoder, decoder, joiner, tokens, graphs) if model_type == "nemo_transducer" else None
+        positional = positional_frames(graphs[0])
         folder = weights_folder(*graphs)
         del graphs  # their descriptors close before onnxruntime maps the files
         with session_model_dir(folder):
@@ -207,7 +242,8 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
                                           frame_shift_ms=getattr(feat, "frame_shift_ms", 10.0),
                                           window_seconds=window_seconds,
                                           overlap_seconds=overlap_seconds, max_batch=max_batch,
-                                          signature=signature)
+                                          signature=signature, whole_seconds=whole_seconds,
+                                          positional_frames=positional)
         return self
 
     @classmethod
@@ -351,7 +387,7 @@ class OfflineStream:
             # A dynamic encoder gets the whole stream in one piece, at its own rate, while it fits in
             # one window: keep the original samples only, and count them at the model's rate.
             self._n_original += len(samples)
-            if self._n_original * self._c.sample_rate <= self._c.spec.window * self._in_rate:
+            if self._n_original * self._c.sample_rate <= self._c.whole * self._in_rate:
                 self._original.append(samples.copy())
                 return
             self._chunked = True  # too long: window it, without ever copying this call's samples whole
