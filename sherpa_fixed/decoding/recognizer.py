@@ -109,7 +109,7 @@ def chunking_for(encoder: str | os.PathLike, *, sample_rate: int = 16000, frame_
     windowed = WINDOW_MARKER in sig.metadata  # made dynamic by prepare --window: it windows itself
     fixed = time_dim if isinstance(time_dim, int) and not windowed else None
     if windowed:  # one window of any length: sherpa-onnx gets every stream whole
-        return Chunking(WindowSpec(1 << 62, 0, grid, False), None, DEFAULT_BATCH, sample_rate, hop)
+        return Chunking(WindowSpec(1 << 62, 0, grid, False), None, DEFAULT_BATCH, sample_rate, hop, 1 << 62)
     if fixed is not None:
         window = fixed * hop
         if window_seconds is not None and abs(window_seconds * sample_rate - window) > hop:
