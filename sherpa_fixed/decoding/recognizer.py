@@ -136,8 +136,7 @@ def chunking_for(encoder: str | os.PathLike, *, sample_rate: int = 16000, frame_
     whole = 0
     if fixed is None:
         if whole_seconds is None:
-            whole_seconds = window_seconds if window_seconds is not None else max(DEFAULT_WHOLE_S,
-                                                                                 window / sample_rate)
+            whole_seconds = window_seconds if window_seconds is not None else DEFAULT_WHOLE_S
         whole = max(int(whole_seconds * sample_rate), window)  # within one window it is one pass either way
         if positional_frames:  # one output frame short of the table: at its edge a NeMo export runs wrong
             whole = min(whole, (positional_frames - 1) * grid)
