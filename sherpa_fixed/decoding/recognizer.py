@@ -74,7 +74,7 @@ class Chunking:
     batch: int  # windows per decode_streams call (1 when the encoder's batch is fixed)
     sample_rate: int
     frame_shift: int  # samples per feature frame
-    whole: int = 0  # dynamic encoders: streams up to this many model-rate samples are decoded in one pass
+    whole: int  # streams up to this many model-rate samples are one pass (0 for fixed-window encoders)
 
     @property
     def fixed(self) -> bool:
