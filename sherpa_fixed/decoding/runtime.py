@@ -16,12 +16,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import onnx
-
 from ..errors import BadInputError
 from ..reading.confine import outside_reason
 from ..reading.external_data import resolve_location
 from ..reading.onnx_graph import external_info, graph_tensors, uses_external_data
+from ..reading.protos import ModelProto
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -58,7 +57,7 @@ def providers_for(provider: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def relocatable_copy(model: onnx.ModelProto, model_path: Path) -> tuple[onnx.ModelProto, Path]:
+def relocatable_copy(model: ModelProto, model_path: Path) -> tuple[ModelProto, Path]:
     """A copy whose external locations are bare names inside one folder, and that folder."""
     model = copy.deepcopy(model)
     folder: Path | None = None
@@ -84,7 +83,7 @@ def relocatable_copy(model: onnx.ModelProto, model_path: Path) -> tuple[onnx.Mod
 
 
 def session_from_model(
-    model: onnx.ModelProto,
+    model: ModelProto,
     model_path: Path,
     *,
     providers: list[str] | None = None,

@@ -5,6 +5,13 @@ Entry point: `quantize_folder(source, ...) -> QuantizeResult`.
 
 from __future__ import annotations
 
-from .folder import QuantizeResult, quantize_folder, render_quantize
-
 __all__ = ["QuantizeResult", "quantize_folder", "render_quantize"]
+
+
+def __getattr__(name: str):
+    # Lazy: inspect reads quantizing.report, which must not pull onnxruntime's quantizer in (protos.py).
+    if name in __all__:
+        from . import folder
+
+        return getattr(folder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from onnx import ModelProto, TensorProto
-
 from ..reading.onnx_graph import all_nodes
+from ..reading.protos import ModelProto, TensorProto
 
 QUANTIZED_KEY = "sherpa_fixed_quantized"
 INTEGER_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM", "QuantizeLinear",

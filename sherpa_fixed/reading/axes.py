@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from onnx import GraphProto, TensorProto
-
 from .onnx_graph import GraphFile, TensorSpec, all_nodes
+from .protos import GraphProto, TensorProto, to_array
 
 # Positional roles of NeMo transducer signatures as sherpa-onnx consumes them.
 ENCODER_IN = (("batch", "features", "time"), ("batch",))
@@ -150,10 +149,8 @@ def _int_values(t: TensorProto) -> list[int]:
         n *= d
     if n > 8:
         return []
-    from onnx import numpy_helper
-
     try:
-        return [int(v) for v in numpy_helper.to_array(t).reshape(-1)]
+        return [int(v) for v in to_array(t).reshape(-1)]
     except Exception:
         return []
 

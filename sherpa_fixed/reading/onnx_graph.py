@@ -12,12 +12,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnx
 from google.protobuf.message import DecodeError
-from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
 from ..errors import BadInputError
 from . import protostream
+from .protos import (
+    AttributeProto,
+    GraphProto,
+    ModelProto,
+    NodeProto,
+    StringStringEntryProto,
+    TensorProto,
+    ValueInfoProto,
+    np_dtype,
+)
 from .protostream import Pinned, Span
 
 SKELETON_AT = 64 << 20
@@ -85,12 +93,12 @@ class GraphFile:
 
 def _dtype_name(elem_type: int) -> str:
     try:
-        return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
+        return np_dtype(elem_type).name
     except Exception:  # unknown or string types
         return TensorProto.DataType.Name(elem_type).lower() if elem_type else "undefined"
 
 
-def spec_of(value_info: onnx.ValueInfoProto) -> TensorSpec:
+def spec_of(value_info: ValueInfoProto) -> TensorSpec:
     tt = value_info.type.tensor_type
     dims: list[Dim] = []
     if tt.HasField("shape"):
@@ -132,7 +140,7 @@ def load_graph(path: str | Path) -> GraphFile:
                 pinned.close()
                 pinned = None
         if model is None:
-            model = onnx.load(str(path), load_external_data=False)
+            model = ModelProto.FromString(path.read_bytes())
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise BadInputError(
             f"not a readable ONNX file ({type(exc).__name__}: {(str(exc).splitlines() or ['parse error'])[0]})",
@@ -228,7 +236,7 @@ def initializer_tensors(graph: GraphProto) -> Iterator[TensorProto]:
                 yield from initializer_tensors(g)
 
 
-def all_nodes(graph: GraphProto) -> Iterator[onnx.NodeProto]:
+def all_nodes(graph: GraphProto) -> Iterator[NodeProto]:
     """Nodes of the graph and of every subgraph (Loop/Scan/If bodies)."""
     for node in graph.node:
         yield node
@@ -244,7 +252,7 @@ def tensor_nbytes(t: TensorProto) -> int | None:
     if t.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
         return None
     try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        itemsize = np_dtype(t.data_type).itemsize
     except Exception:
         return None
     n = 1
@@ -292,16 +300,16 @@ def read_signature(path: str | Path) -> Signature:
             r = protostream.Reader(pinned)
             for f in r.fields(0, r.size):
                 if f.num == protostream.MODEL_METADATA and f.wire == 2:
-                    entry = onnx.StringStringEntryProto.FromString(r.read(f.data, f.end))
+                    entry = StringStringEntryProto.FromString(r.read(f.data, f.end))
                     meta[entry.key] = entry.value
                 elif f.num == protostream.MODEL_GRAPH and f.wire == 2:
                     for g in r.fields(f.data, f.end):
                         if g.wire != 2:
                             continue
                         if g.num == protostream.GRAPH_INPUT:
-                            inputs.append(spec_of(onnx.ValueInfoProto.FromString(r.read(g.data, g.end))))
+                            inputs.append(spec_of(ValueInfoProto.FromString(r.read(g.data, g.end))))
                         elif g.num == protostream.GRAPH_OUTPUT:
-                            outputs.append(spec_of(onnx.ValueInfoProto.FromString(r.read(g.data, g.end))))
+                            outputs.append(spec_of(ValueInfoProto.FromString(r.read(g.data, g.end))))
                         elif g.num == protostream.GRAPH_INITIALIZER:
                             for t in r.fields(g.data, g.end):
                                 if t.num == protostream.TENSOR_NAME and t.wire == 2:

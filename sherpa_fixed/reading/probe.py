@@ -14,10 +14,10 @@ import copy
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 
 from ..decoding.runtime import first_line, session_from_model
 from .onnx_graph import GraphFile, TensorSpec
+from .protos import ModelProto
 
 
 @dataclass
@@ -58,7 +58,7 @@ class EncoderProbe:
         }
 
 
-def free_dims(model: onnx.ModelProto, names: dict[str, dict[int, str]]) -> onnx.ModelProto:
+def free_dims(model: ModelProto, names: dict[str, dict[int, str]]) -> ModelProto:
     """Copy of the graph (weights untouched) with the given input axes made symbolic,
     and every output shape and value_info dropped, so onnxruntime checks nothing it
     need not check."""

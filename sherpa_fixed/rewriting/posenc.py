@@ -39,14 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__
 from ..errors import BadInputError
 from ..reading.confine import inside
 from ..reading.external_data import resolve_location
 from ..reading.onnx_graph import external_info, uses_external_data
+from ..reading.protos import GraphProto, ModelProto, NodeProto, TensorProto, to_array
 
 MARKER = "sherpa_fixed_max_seconds"
 INF_VAL = 10000.0  # nemo.collections.asr.parts.submodules.multi_head_attention.INF_VAL
@@ -63,7 +62,7 @@ class CentreConst:
 
     name: str  # its value name
     value: int
-    users: list[tuple[onnx.NodeProto, int]] = field(default_factory=list)  # (node, input index) on the path
+    users: list[tuple[NodeProto, int]] = field(default_factory=list)  # (node, input index) on the path
 
 
 @dataclass
@@ -91,7 +90,7 @@ class PosTable:
                 "stored": self.location, "slices": self.slices}
 
 
-def _const_values(graph: onnx.GraphProto) -> dict[str, TensorProto]:
+def _const_values(graph: GraphProto) -> dict[str, TensorProto]:
     out: dict[str, TensorProto] = {t.name: t for t in graph.initializer}
     for n in graph.node:
         if n.op_type == "Constant" and n.output:
@@ -109,11 +108,11 @@ def _small_ints(t: TensorProto) -> list[int] | None:
         n *= d
     if n > 4:
         return None
-    return [int(x) for x in numpy_helper.to_array(t).reshape(-1)]
+    return [int(x) for x in to_array(t).reshape(-1)]
 
 
-def _centres(graph: onnx.GraphProto, start: str, centre: int, consts: dict[str, TensorProto],
-             producer: dict[str, onnx.NodeProto]) -> list[CentreConst]:
+def _centres(graph: GraphProto, start: str, centre: int, consts: dict[str, TensorProto],
+             producer: dict[str, NodeProto]) -> list[CentreConst]:
     """Integer constants equal to `centre` (or centre - 1, a folded `centre + T - 1`) upstream of `start`."""
     found: dict[str, CentreConst] = {}
     seen: set[str] = set()
@@ -136,7 +135,7 @@ def _centres(graph: onnx.GraphProto, start: str, centre: int, consts: dict[str, 
     return list(found.values())
 
 
-def find_tables(graph: onnx.GraphProto) -> list[PosTable]:
+def find_tables(graph: GraphProto) -> list[PosTable]:
     """Every [1, 2L-1, d] float table the graph slices on axis 1 around its middle row, NeMo's way.
 
     Reads no tensor data (the shape comes from the proto's dims), so it is as cheap for a 4 GB
@@ -223,7 +222,7 @@ def read_rows(table: PosTable, model_path: Path, start: int, stop: int) -> np.nd
     if t.raw_data:
         return np.frombuffer(t.raw_data, dtype, count=(stop - start) * table.d_model,
                              offset=start * row_bytes).reshape(stop - start, table.d_model)
-    return numpy_helper.to_array(t).reshape(table.rows, table.d_model)[start:stop]
+    return to_array(t).reshape(table.rows, table.d_model)[start:stop]
 
 
 def _neighbours(x: np.ndarray, k: int) -> np.ndarray:
@@ -290,12 +289,14 @@ class PosencPlan:
     subsampling: int
 
 
-def _set_int(graph: onnx.GraphProto, c: CentreConst, new_value: int) -> None:
+def _set_int(graph: GraphProto, c: CentreConst, new_value: int) -> None:
     """Give the path's users of constant c the value new_value; other users keep the old one."""
     all_users = sum(1 for n in graph.node for i in n.input if i == c.name)
     node = next((n for n in graph.node if n.op_type == "Constant" and n.output and n.output[0] == c.name), None)
     init = next((t for t in graph.initializer if t.name == c.name), None)
     src = node.attribute[0].t if node is not None else init
+    from onnx import helper, numpy_helper
+
     arr = numpy_helper.to_array(src)
     new = numpy_helper.from_array(np.full(arr.shape, new_value, arr.dtype), c.name)
     if all_users == len(c.users):
@@ -308,7 +309,7 @@ def _set_int(graph: onnx.GraphProto, c: CentreConst, new_value: int) -> None:
         n.input[idx] = name
 
 
-def extend_table(model: onnx.ModelProto, model_path: Path, table: PosTable, frames: int) -> dict:
+def extend_table(model: ModelProto, model_path: Path, table: PosTable, frames: int) -> dict:
     """Rewrite `table` in `model` (in memory) to serve `frames` output frames; returns what was done.
 
     Only the table's own bytes are read from disk; the new table goes inline into the graph (the
@@ -325,6 +326,8 @@ def extend_table(model: onnx.ModelProto, model_path: Path, table: PosTable, fram
     new = np.concatenate([top, stored, bottom]).reshape(1, 2 * frames - 1, d)
     t = table.tensor
     keep_name = t.name
+    from onnx import numpy_helper
+
     t.CopyFrom(numpy_helper.from_array(new, keep_name))
     for c in table.centres:
         _set_int(model.graph, c, c.value + delta)
@@ -335,7 +338,7 @@ def extend_table(model: onnx.ModelProto, model_path: Path, table: PosTable, fram
             "stored_rows_max_difference_from_formula": worst}
 
 
-def extend_model(model: onnx.ModelProto, model_path: Path, plan: PosencPlan) -> list[dict]:
+def extend_model(model: ModelProto, model_path: Path, plan: PosencPlan) -> list[dict]:
     """Extend every positional table of the encoder `model` to plan.frames; record it in metadata."""
     done = []
     tables = find_tables(model.graph)
@@ -369,7 +372,7 @@ def posenc_proof(original, new_path: Path, plan: PosencPlan, feat_dim: int, *, r
     from .verify import Check
 
     name = new_path.name
-    new_model = onnx.load(str(new_path), load_external_data=False)
+    new_model = ModelProto.FromString(new_path.read_bytes())
     old_tables = {t.value: t for t in find_tables(original.model.graph)}
     new_tables = {t.value: t for t in find_tables(new_model.graph)}
     for value, old in old_tables.items():

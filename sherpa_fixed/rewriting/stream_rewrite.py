@@ -28,11 +28,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import onnx
-
 from ..errors import BadInputError
 from ..reading import protostream as ps
 from ..reading.onnx_graph import GraphFile
+from ..reading.protos import StringStringEntryProto, ValueInfoProto
 from ..reading.protostream import Field, Pinned, ProtoError, Reader, key_bytes, len_field, varint_bytes
 from .atomic import disk_error, temp_path
 from .verify import Check
@@ -57,7 +56,7 @@ def applies(fp) -> bool:
     )
 
 
-def _free(vi: onnx.ValueInfoProto, axes: dict[int, str]) -> None:
+def _free(vi: ValueInfoProto, axes: dict[int, str]) -> None:
     dims = vi.type.tensor_type.shape.dim
     for axis, name in axes.items():
         d = dims[axis]
@@ -65,14 +64,14 @@ def _free(vi: onnx.ValueInfoProto, axes: dict[int, str]) -> None:
         d.dim_param = name
 
 
-def _set_metadata(entries: list[onnx.StringStringEntryProto], metadata: dict[str, str]) -> list[bool]:
+def _set_metadata(entries: list[StringStringEntryProto], metadata: dict[str, str]) -> list[bool]:
     """Apply the planned keys to a parsed metadata list in place (as prepare's in-memory path does); returns
     which entries changed. New keys are appended."""
     changed = [False] * len(entries)
     for key, value in metadata.items():
         i = next((i for i, e in enumerate(entries) if e.key == key), None)
         if i is None:
-            e = onnx.StringStringEntryProto(key=key, value=value)
+            e = StringStringEntryProto(key=key, value=value)
             entries.append(e)
             changed.append(True)
         else:
@@ -87,7 +86,7 @@ def _graph_items(r: Reader, graph: Field, freed: Freed) -> list[Item]:
         if f.num == ps.GRAPH_VALUE_INFO and f.wire == 2:
             continue  # dropped with freed dims, as prepare's in-memory path does
         if f.num in (ps.GRAPH_INPUT, ps.GRAPH_OUTPUT) and f.wire == 2:
-            vi = onnx.ValueInfoProto.FromString(r.read(f.data, f.end))
+            vi = ValueInfoProto.FromString(r.read(f.data, f.end))
             if vi.name in freed:
                 _free(vi, freed[vi.name])
                 items.append(len_field(f.num, vi.SerializeToString()))
@@ -111,7 +110,7 @@ def plan_items(r: Reader, metadata: dict[str, str], freed: Freed) -> list[Item]:
     """The new file as a list of old-file ranges and new bytes."""
     fields = list(r.fields(0, r.size))
     meta_fields = [f for f in fields if f.num == ps.MODEL_METADATA and f.wire == 2]
-    entries = [onnx.StringStringEntryProto.FromString(r.read(f.data, f.end)) for f in meta_fields]
+    entries = [StringStringEntryProto.FromString(r.read(f.data, f.end)) for f in meta_fields]
     changed = _set_metadata(entries, metadata)
     new_entries = [len_field(ps.MODEL_METADATA, e.SerializeToString()) for e in entries[len(meta_fields):]]
     last_meta = meta_fields[-1] if meta_fields else None
@@ -248,8 +247,8 @@ def _compare_graph(ra: Reader, ga: Field, rb: Reader, gb: Field, freed: Freed) -
     n = 0
     for x, y in zip(fa, fb, strict=True):
         if x.num in (ps.GRAPH_INPUT, ps.GRAPH_OUTPUT) and x.wire == 2 and y.num == x.num and y.wire == 2:
-            va = onnx.ValueInfoProto.FromString(ra.read(x.data, x.end))
-            vb = onnx.ValueInfoProto.FromString(rb.read(y.data, y.end))
+            va = ValueInfoProto.FromString(ra.read(x.data, x.end))
+            vb = ValueInfoProto.FromString(rb.read(y.data, y.end))
             if va.name in freed:
                 _free(va, freed[va.name])
             if va != vb:
@@ -271,9 +270,9 @@ def streamed_proof(g: GraphFile, new_path: Path, metadata: dict[str, str], freed
     try:
         ra, rb = Reader(g.pin()), Reader(b_pin)
         fa, fb = list(ra.fields(0, ra.size)), list(rb.fields(0, rb.size))
-        ma = [onnx.StringStringEntryProto.FromString(ra.read(f.data, f.end))
+        ma = [StringStringEntryProto.FromString(ra.read(f.data, f.end))
               for f in fa if f.num == ps.MODEL_METADATA and f.wire == 2]
-        mb = [onnx.StringStringEntryProto.FromString(rb.read(f.data, f.end))
+        mb = [StringStringEntryProto.FromString(rb.read(f.data, f.end))
               for f in fb if f.num == ps.MODEL_METADATA and f.wire == 2]
         _set_metadata(ma, metadata)
         if ma != mb:

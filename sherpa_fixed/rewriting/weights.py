@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from onnx import ModelProto, TensorProto
-
 from ..errors import BadInputError
 from ..reading.external_data import resolve_location
 from ..reading.onnx_graph import external_info, graph_tensors, initializer_tensors, tensor_nbytes, uses_external_data
+from ..reading.protos import ModelProto, TensorProto
 
 CHUNK = 8 << 20  # bytes per read/write when the kernel cannot copy for us
 ALIGN_SMALL = 64

@@ -32,11 +32,10 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__
 from ..errors import BadInputError
+from ..reading.protos import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
 WINDOW_MARKER = "sherpa_fixed_window"
 # prepare --window on a DYNAMIC encoder: window length when none is given (measured on the accuracy
@@ -88,7 +87,7 @@ class _G:
 
     def __init__(self, prefix: str):
         self.prefix = prefix
-        self.nodes: list[onnx.NodeProto] = []
+        self.nodes: list[NodeProto] = []
         self.n = 0
 
     def name(self, base: str) -> str:
@@ -96,18 +95,22 @@ class _G:
         return f"{self.prefix}{base}_{self.n}"
 
     def op(self, op: str, inputs: list[str], **attrs) -> str:
+        from onnx import helper  # graph building only: reading the encoder never imports onnx (protos.py)
+
         out = self.name(op)
         self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
 
     def const(self, value, dtype=np.int64) -> str:
+        from onnx import helper, numpy_helper
+
         out = self.name("c")
         arr = np.array(value, dtype=dtype)
         self.nodes.append(helper.make_node("Constant", [], [out], name=out, value=numpy_helper.from_array(arr, out)))
         return out
 
 
-def _inline(original: onnx.GraphProto, prefix: str, audio: str, length: str) -> tuple[list[onnx.NodeProto], str]:
+def _inline(original: GraphProto, prefix: str, audio: str, length: str) -> tuple[list[NodeProto], str]:
     """The original encoder's nodes, values renamed under prefix, its two inputs bound to given names.
 
     Returns the nodes and the renamed name of its first output (the encoder frames).
@@ -123,7 +126,7 @@ def _inline(original: onnx.GraphProto, prefix: str, audio: str, length: str) -> 
 
     nodes = []
     for node in original.node:
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute):
             raise BadInputError("the encoder already contains control flow (If/Loop/Scan)",
                                 fix="windowing supports plain feed-forward encoder graphs")
         n = copy.deepcopy(node)
@@ -134,8 +137,10 @@ def _inline(original: onnx.GraphProto, prefix: str, audio: str, length: str) -> 
     return nodes, rename(original.output[0].name)
 
 
-def window_encoder(model: onnx.ModelProto, params: WindowParams) -> onnx.ModelProto:
+def window_encoder(model: ModelProto, params: WindowParams) -> ModelProto:
     """A new encoder model that accepts any batch and length (see the module docstring)."""
+    from onnx import helper, numpy_helper
+
     g0 = model.graph
     inits = {t.name for t in g0.initializer}
     ins = [i for i in g0.input if i.name not in inits]
