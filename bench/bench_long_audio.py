@@ -164,6 +164,30 @@ hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(
 print("@@" + json.dumps({"text": text, "decode_s": dt, "rss_mb": hwm / 1024}))
 """
 
+# The windowed encoder alone in onnxruntime, on zero features of the stream's length (what sherpa-onnx
+# feeds it): RSS after loading, then the run's peak. Splits what grows with length between the graph
+# and the rest of sherpa-onnx's offline pipeline.
+_ENC_CHILD = r"""
+import json, sys, wave
+import numpy as np
+import onnxruntime as ort
+args = json.loads(sys.argv[1])
+with wave.open(args["wav"], "rb") as f:
+    frames = f.getnframes() // 160
+so = ort.SessionOptions()
+so.intra_op_num_threads = 2
+sess = ort.InferenceSession(args["folder"] + "/encoder.onnx", so, providers=["CPUExecutionProvider"])
+def rss(key):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) / 1024
+loaded = rss("VmRSS:")
+ins = sess.get_inputs()
+x = np.zeros((1, 80, frames), np.float32)
+n = np.array([frames], np.int64 if "int64" in ins[1].type else np.int32)
+out = sess.run(None, {ins[0].name: x, ins[1].name: n})[0]
+print("@@" + json.dumps({"text": "", "decode_s": 0.0, "rss_mb": rss("VmHWM:"), "loaded_mb": loaded,
+                         "output_mb": out.nbytes / 2**20, "input_mb": x.nbytes / 2**20}))
+"""
+
 _NODE_CHILD = r"""
 const sherpa_onnx = require('sherpa-onnx-node');
 const [folder, wav] = process.argv.slice(2);
@@ -197,7 +221,7 @@ def _gnu_time(cmd: list[str], cwd: Path | None = None, env: dict | None = None) 
 
 def run_python(kind: str, folder: Path, wav: Path) -> dict:
     args = json.dumps({"kind": kind, "folder": str(folder), "wav": str(wav)})
-    out, rss, wall = _gnu_time([sys.executable, "-c", _PY_CHILD, args])
+    out, rss, wall = _gnu_time([sys.executable, "-c", _ENC_CHILD if kind == "encoder" else _PY_CHILD, args])
     res = json.loads(next(ln[2:] for ln in out.splitlines() if ln.startswith("@@")))
     return dict(res, rss_mb=rss, wall_s=wall)
 
@@ -240,11 +264,14 @@ def scale_main(minutes: list[float], window: float, runners: list[str], whole_mi
                 res = run_node(win, wav)
             elif r == "floor":
                 res = run_python("floor", win, wav)
+            elif r == "encoder":
+                res = run_python("encoder", win, wav)
             else:
                 res = run_python("ours", model, wav)
             e = word_errors(ref, res["text"])
             rows.append({"minutes": round(secs / 60, 2), "runner": r, "rss_mb": round(res["rss_mb"], 1),
-                         "rtf": round(res["decode_s"] / secs, 4), "wer": round(100 * (e.wer or 0), 2)})
+                         "rtf": round(res["decode_s"] / secs, 4), "wer": round(100 * (e.wer or 0), 2),
+                         **{k: round(res[k], 1) for k in ("loaded_mb", "output_mb", "input_mb") if k in res}})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         if m in whole_minutes:
             folder = prepared(WORK / f"max{int(m * 60) + 60}", model, max_seconds=m * 60 + 60, verify="fast")
@@ -256,11 +283,12 @@ def scale_main(minutes: list[float], window: float, runners: list[str], whole_mi
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     names = {"floor": "stock sherpa-onnx, Python: samples + features only (no decode)",
              "python": "stock sherpa-onnx, Python", "binary": "sherpa-onnx-offline binary",
-             "node": "sherpa-onnx-node", "ours": "sherpa_fixed.OfflineRecognizer (chunker, original export)"}
+             "node": "sherpa-onnx-node", "ours": "sherpa_fixed.OfflineRecognizer (chunker, original export)",
+             "encoder": "the windowed encoder alone (onnxruntime, zero features of that length)"}
     lines = [f"model {model}; windowed folder: prepare --window --window-seconds {window:g}", "",
              "| audio min | runner | peak RSS MB | RTF | WER % |", "|---|---|---|---|---|"]
     for row in rows:
-        floor = row["runner"] == "floor"
+        floor = row["runner"] in ("floor", "encoder")
         lines.append(f"| {row['minutes']} | {names.get(row['runner'], row['runner'])} | {row['rss_mb']} | "
                      f"{'—' if floor else row['rtf']} | {'—' if floor else row['wer']} |")
     text = "\n".join(lines)
