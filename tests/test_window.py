@@ -114,6 +114,23 @@ def test_windowed_graph_equals_windows_by_hand_for_any_length_and_batch(make_fol
         assert not out[i, :, want.shape[2]:].any()  # batch padding is zeros
 
 
+def test_windows_emit_equal_pieces_and_the_loop_carries_nothing_that_grows(make_folder):
+    """An hour is 180 windows of 20 s: a Loop that carried the output so far and grew it by a Concat
+    copied it at every window (quadratic time) and fragmented onnxruntime's arena (docs/long-audio.md)."""
+    folder = make_folder()
+    assert prepare_folder(folder, in_place=True, window=True, window_seconds=10).exit_code == 0
+    model = onnx.load(str(folder / "encoder.onnx"), load_external_data=False)
+    item_loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    item_body = next(a.g for a in item_loop.attribute if a.name == "body")
+    window_loop = next(n for n in item_body.node if n.op_type == "Loop")
+    assert list(window_loop.input)[2:] == []  # no loop-carried values: trip count and condition only
+    body = next(a.g for a in window_loop.attribute if a.name == "body")
+    (piece,) = body.output[1:]
+    dims = [d.dim_value for d in piece.type.tensor_type.shape.dim]
+    assert dims == [1, 32, 1000 // 8] and all(dims)  # one window's frames, every window the same size
+    assert not any(n.op_type == "Concat" and n.attribute[0].i == 2 for n in body.node)  # no time concat
+
+
 def test_external_weights_stay_shared_and_old_sherpa_loads_it(make_folder, old_sherpa_python, tmp_path):
     folder = make_folder(time="baked", batch="baked", frames=400, external="single", metadata="missing")
     digest = hashlib.sha256((folder / "encoder.weights").read_bytes()).hexdigest()
