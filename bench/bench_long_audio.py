@@ -288,9 +288,9 @@ def scale_main(minutes: list[float], window: float, runners: list[str], whole_mi
     lines = [f"model {model}; windowed folder: prepare --window --window-seconds {window:g}", "",
              "| audio min | runner | peak RSS MB | RTF | WER % |", "|---|---|---|---|---|"]
     for row in rows:
-        floor = row["runner"] in ("floor", "encoder")
+        no_decode = row["runner"] in ("floor", "encoder")
         lines.append(f"| {row['minutes']} | {names.get(row['runner'], row['runner'])} | {row['rss_mb']} | "
-                     f"{'—' if floor else row['rtf']} | {'—' if floor else row['wer']} |")
+                     f"{'—' if no_decode else row['rtf']} | {'—' if no_decode else row['wer']} |")
     text = "\n".join(lines)
     OUT.mkdir(parents=True, exist_ok=True)
     tag = "" if model == MODEL else f"_{model.parent.name}"

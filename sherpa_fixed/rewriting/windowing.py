@@ -162,14 +162,8 @@ def window_encoder(model: ModelProto, params: WindowParams) -> ModelProto:
     k, cond_in = "sfw/win/k", "sfw/win/cond_in"
     audio_in = "audio_signal"  # the graph input, read from the outer scope
     # outer-scope values the body reads (defined in the batch body below)
-    item_i1, len_b, n_windows, total_out = "sfw/item/i1", "sfw/item/len", "sfw/item/n_windows", \
-        "sfw/item/total_out"
-    zero, one = b.const(0), b.const(1)
-    start_reg = b.op("Mul", [k, b.const(H)])
-    over = b.op("Sub", [len_b, b.const(W)])
-    last = b.op("Mul", [b.op("Div", [b.op("Add", [over, b.const(S - 1)]), b.const(S)]), b.const(S)])
-    last = b.op("Max", [last, zero])
-    start = b.op("Min", [start_reg, last])
+    item_i1, len_b, last = "sfw/item/i1", "sfw/item/len", "sfw/item/last"
+    start = b.op("Min", [b.op("Mul", [k, b.const(H)]), last])
     start1 = b.op("Unsqueeze", [start, b.const([0])])
     # Cut the window straight out of the input (no copy of the whole utterance: an hour of 80-mel
     # features is 115 MB) and zero-pad only a window that reaches past the real frames.
@@ -184,34 +178,19 @@ def window_encoder(model: ModelProto, params: WindowParams) -> ModelProto:
         wlen1 = b.op("Cast", [wlen1], to=len_type)
     body_nodes, enc_out = _inline(g0, "sfw/enc/", window, wlen1)
     b.nodes += body_nodes
-    out_start = b.op("Div", [start, b.const(S)])
-    reg_from = b.op("Add", [b.op("Mul", [k, b.const(Hs)]), b.const(Cs)])
-    keep_from = b.op("Where", [b.op("Equal", [k, zero]), zero, reg_from])
-    reg_to = b.op("Add", [b.op("Mul", [b.op("Add", [k, one]), b.const(Hs)]), b.const(Cs)])
-    is_last = b.op("Equal", [k, b.op("Sub", [n_windows, one])])
-    keep_to = b.op("Where", [is_last, total_out, reg_to])
-    lo = b.op("Unsqueeze", [b.op("Sub", [keep_from, out_start]), b.const([0])])
-    hi = b.op("Unsqueeze", [b.op("Sub", [keep_to, out_start]), b.const([0])])
-    kept = b.op("Slice", [enc_out, lo, hi, b.const([2])])
-    # Every window emits one piece of the same size, P = W/S output frames (no kept stretch is longer:
-    # one window keeps at most all of its frames, and of several each keeps at most H/S + C/S), padded
-    # at the end, as a scan output. Equal pieces, stitched once after the Loop, instead of an accumulator
-    # that grows by a Concat per window: that copied the output so far at every window (quadratic
-    # time), and its ever-larger allocations fragmented onnxruntime's arena (measured on an hour at
-    # d_model 1024: 3.4x the output held beyond it with the accumulator, 1.9x with equal pieces;
-    # 14.6 s -> 5.1 s; docs/long-audio.md).
+    # Each window emits all of its P = W/S output frames as a scan output: equal pieces, stitched once
+    # after the Loop by one Gather that also applies the keep rule. An accumulator grown by a Concat
+    # per window copied the output so far at every window (quadratic time) and its ever-larger blocks
+    # fragmented onnxruntime's arena (an hour at d_model 1024: 3.4x the output held beyond it, against
+    # 1.9x with equal pieces; 14.6 s -> 5.1 s; docs/long-audio.md).
     P = W // S
-    fill = b.op("Sub", [b.const([P]), b.op("Sub", [hi, lo])])
-    piece = "sfw/win/piece"
-    b.nodes.append(helper.make_node("Pad", [kept, b.op("Concat", [b.const([0, 0, 0, 0, 0]), fill], axis=0)],
-                                    [piece], name="sfw/win/piece", mode="constant"))
     cond_out = "sfw/win/cond_out"
     b.nodes.append(helper.make_node("Identity", [cond_in], [cond_out], name="sfw/win/cond"))
     frames_vi = helper.make_tensor_value_info
     win_body = helper.make_graph(
         b.nodes, "window",
         [frames_vi(k, TensorProto.INT64, []), frames_vi(cond_in, TensorProto.BOOL, [])],
-        [frames_vi(cond_out, TensorProto.BOOL, []), frames_vi(piece, TensorProto.FLOAT,
+        [frames_vi(cond_out, TensorProto.BOOL, []), frames_vi(enc_out, TensorProto.FLOAT,
                                                               [1, d_model, P])])
     # The weights live in the body that uses them, unchanged (external data references included):
     # onnxruntime prepacks a MatMul's constant weights only when they are initializers of the node's
@@ -230,20 +209,22 @@ def window_encoder(model: ModelProto, params: WindowParams) -> ModelProto:
                                     [len_b], name="sfw/item/len"))
     over = m.op("Max", [m.op("Sub", [len_b, m.const(W)]), m.const(0)])
     extra = m.op("Div", [m.op("Add", [over, m.const(H - 1)]), m.const(H)])
-    m.nodes.append(helper.make_node("Add", [extra, m.const(1)], [n_windows], name="sfw/item/n_windows"))
-    m.nodes.append(helper.make_node("Div", [m.op("Add", [len_b, m.const(S - 1)]), m.const(S)], [total_out],
-                                    name="sfw/item/total_out"))
+    n_windows = m.op("Add", [extra, m.const(1)])
+    total_out = m.op("Div", [m.op("Add", [len_b, m.const(S - 1)]), m.const(S)])
+    # past one window, the last slides back over real audio to the first multiple of S at or after L - W
+    m.nodes.append(helper.make_node("Mul", [m.op("Div", [m.op("Add", [over, m.const(S - 1)]), m.const(S)]),
+                                            m.const(S)], [last], name="sfw/item/last"))
     true_c = m.const(True, np.bool_)
-    pieces = m.op("Loop", [n_windows, true_c], body=win_body)  # (K, 1, D, P)
-    # Output frame t was kept by window j = min(max(t - C/S, 0) // (H/S), K - 1), which kept from
-    # f_j = 0 for j = 0 and j*H/S + C/S after: it sits at j*P + t - f_j of the pieces laid end to end.
+    pieces = m.op("Loop", [n_windows, true_c], body=win_body)  # (K, 1, D, P): window k's frames
+    # The keep rule: output frame t comes from window j = min(max(t - C/S, 0) // (H/S), K - 1) (window 0
+    # keeps [0, H/S + C/S), window j then [j*H/S + C/S, (j+1)*H/S + C/S), the last keeps the rest), which
+    # starts at output frame s_j = min(j*H, last) / S: t sits at j*P + t - s_j of the pieces end to end.
     flat = m.op("Reshape", [m.op("Transpose", [pieces], perm=[1, 2, 0, 3]), m.const([1, d_model, -1])])
     t = m.op("Range", [m.const(0), total_out, m.const(1)])
     j = m.op("Min", [m.op("Div", [m.op("Max", [m.op("Sub", [t, m.const(Cs)]), m.const(0)]), m.const(Hs)]),
                      m.op("Sub", [n_windows, m.const(1)])])
-    f = m.op("Where", [m.op("Equal", [j, m.const(0)]), m.const(0), m.op("Add", [m.op("Mul", [j, m.const(Hs)]),
-                                                                                 m.const(Cs)])])
-    at = m.op("Add", [m.op("Mul", [j, m.const(P)]), m.op("Sub", [t, f])])
+    s_j = m.op("Div", [m.op("Min", [m.op("Mul", [j, m.const(H)]), last]), m.const(S)])
+    at = m.op("Add", [m.op("Mul", [j, m.const(P)]), m.op("Sub", [t, s_j])])
     frames = m.op("Gather", [flat, at], axis=2)
     # (1, D, total_out) -> padded to the batch's longest -> scan output
     width = m.op("Sub", [max_out, total_out])
