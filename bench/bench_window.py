@@ -66,7 +66,8 @@ def encoder_cost(base: Path, win: Path, seconds: int = 60, runs: int = 5) -> dic
     import onnx
     import onnxruntime as ort
 
-    from sherpa_fixed.rewriting.windowing import WINDOW_MARKER, WindowParams, run_by_hand
+    from sherpa_fixed.reading.metadata import WINDOW_MARKER
+    from sherpa_fixed.rewriting.windowing import WindowParams, run_by_hand
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2

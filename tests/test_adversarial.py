@@ -24,10 +24,11 @@ from hypothesis import strategies as st
 from sherpa_fixed.cli import main
 from sherpa_fixed.decoding.recognizer import OfflineRecognizer
 from sherpa_fixed.errors import BadInputError
-from sherpa_fixed.reading.confine import model_root, outside_reason
 from sherpa_fixed.reading.findings import CANNOT_WORK, WORKS
 from sherpa_fixed.reading.inspector import inspect_folder
 from sherpa_fixed.rewriting.prepare import prepare_folder
+from sherpa_fixed.safety.confine import model_root, outside_reason
+from sherpa_fixed.safety.output import MARKER
 from sherpa_fixed.testing import ModelSpec, make_hf_snapshot, write_model_folder
 
 SECRET = b"PRIVATE-KEY-" * 4096  # bigger than any tensor, so any tensor pointed at it reads only secret bytes
@@ -278,12 +279,21 @@ def test_force_replaces_only_a_model_folder(tmp_path):
     (home / "photos").mkdir(parents=True)
     (home / "diary.txt").write_text("x")
     code, out = run_cli("prepare", src, "--output", home, "--force")
-    assert code == 2 and "subfolders" in out
+    assert code == 2 and "only a folder sherpa-fixed wrote" in out and "diary.txt" in out and "photos/" in out
     assert (home / "diary.txt").exists() and (home / "photos").is_dir()
+    # A model folder sherpa-fixed did not write (no marker listing its files) is not ours to delete either.
+    other = write_model_folder(tmp_path / "other", ModelSpec())
+    before = snapshot(other)
+    code, out = run_cli("prepare", src, "--output", other, "--force")
+    assert code == 2 and f"(no {MARKER})" in out and snapshot(other) == before
     code, _ = run_cli("prepare", src, "--output", tmp_path / "out")
-    assert code == 0
+    assert code == 0 and json.loads((tmp_path / "out" / MARKER).read_text())["command"] == "prepare"
     code, out = run_cli("prepare", src, "--output", tmp_path / "out", "--force")
     assert code == 0, out
+    # Ours, but the user has put a file of their own in it since: refused, the file kept.
+    (tmp_path / "out" / "my-notes.md").write_text("notes")
+    code, out = run_cli("prepare", src, "--output", tmp_path / "out", "--force")
+    assert code == 2 and "my-notes.md" in out and (tmp_path / "out" / "my-notes.md").read_text() == "notes"
 
 
 def test_failed_run_creates_no_output_folder(tmp_path):
@@ -301,7 +311,8 @@ def test_rewritten_files_keep_their_mode(tmp_path):
     out = tmp_path / "out"
     assert prepare_folder(src, output=out).exit_code == 0
     for p in out.iterdir():
-        assert stat.S_IMODE(p.stat().st_mode) == 0o440, p.name
+        if p.name != MARKER:  # the list of what sherpa-fixed wrote is its own file
+            assert stat.S_IMODE(p.stat().st_mode) == 0o440, p.name
     assert prepare_folder(src, in_place=True).exit_code == 0
     for name in ("encoder.onnx", "encoder.weights"):
         assert stat.S_IMODE((src / name).stat().st_mode) == 0o440

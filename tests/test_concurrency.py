@@ -8,6 +8,7 @@ scattered files (1.2 GB on the real model) behind for good.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,9 +23,9 @@ import pytest
 from sherpa_fixed.decoding.sherpa_check import run_sherpa
 from sherpa_fixed.reading.findings import WORKS
 from sherpa_fixed.reading.inspector import inspect_folder
-from sherpa_fixed.rewriting.journal import JOURNAL
-from sherpa_fixed.rewriting.lock import folder_lock
 from sherpa_fixed.rewriting.prepare import prepare_folder
+from sherpa_fixed.safety.journal import JOURNAL
+from sherpa_fixed.safety.lock import folder_lock
 from sherpa_fixed.testing import ModelSpec, write_big_model_folder
 
 SPEC = ModelSpec(d_model=384, layers=8, metadata="missing")  # ~20 MB of weights, scattered below
@@ -156,7 +157,7 @@ def test_killed_during_verification_is_undone_then_finished(pristine, tmp_path, 
 
 def test_killed_after_commit_is_finished_by_the_next_run(pristine, tmp_path):
     """A journal in state 'committed' (the kill came after verification): the next run only cleans up."""
-    from sherpa_fixed.rewriting import journal
+    from sherpa_fixed.safety import journal
 
     work = tmp_path / "w"
     shutil.copytree(pristine, work)
@@ -170,6 +171,8 @@ def test_killed_after_commit_is_finished_by_the_next_run(pristine, tmp_path):
     shutil.copy(tmp_path / "new" / "encoder.onnx", backup)
     j = journal.Journal(work, journal.COMMITTED, {"encoder.onnx": backup.name}, ["encoder.weights"], scattered,
                         999999)
+    for name in [backup.name, "encoder.weights", *scattered]:  # what the run recorded as it went
+        j.remember(name)
     j.save()
     again = prepare_folder(work, in_place=True)
     assert again.recovered and "finished" in again.recovered[0]
@@ -180,7 +183,7 @@ def test_killed_after_commit_is_finished_by_the_next_run(pristine, tmp_path):
 
 
 def test_a_journal_cannot_name_files_outside_the_folder(tmp_path):
-    from sherpa_fixed.rewriting import journal
+    from sherpa_fixed.safety import journal
 
     folder = tmp_path / "m"
     folder.mkdir()
@@ -194,3 +197,25 @@ def test_a_journal_cannot_name_files_outside_the_folder(tmp_path):
                                   '["../victim.txt"], "superseded": [], "pid": 1}')
     journal.roll_back(journal.load(folder))
     assert victim.read_text() == "keep me" and os.path.exists("/etc/hostname")
+
+
+def test_a_planted_journal_deletes_and_restores_nothing(pristine, tmp_path):
+    """A journal shipped inside a downloaded folder names real files of that folder as 'created' and
+    'superseded' and a backup to restore: none of them is the file it would have recorded (identity), so
+    the next run leaves every file as it was and then prepares the folder normally."""
+    work = tmp_path / "w"
+    shutil.copytree(pristine, work)
+    (work / "notes.txt").write_text("mine")
+    (work / ".sf-bak-1-cafe0000-tokens.txt").write_text("attacker's tokens")
+    before = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
+    for state in ("committed", "writing"):
+        (work / JOURNAL).write_text(json.dumps({
+            "state": state, "backups": {"tokens.txt": ".sf-bak-1-cafe0000-tokens.txt"},
+            "created": ["notes.txt", *sorted(weight_files(work))], "superseded": ["notes.txt", "tokens.txt"],
+            "pid": 1, "ids": {"notes.txt": [0, 0], ".sf-bak-1-cafe0000-tokens.txt": [1, 2]}}))
+        result = prepare_folder(work, output=tmp_path / f"out-{state}")
+        assert result.exit_code == 0
+        assert (work / "tokens.txt").read_bytes() == before["tokens.txt"]
+        assert (work / "notes.txt").read_text() == "mine"
+        assert all((work / n).read_bytes() == b for n, b in before.items() if not n.startswith(".sf-"))
+        assert not (work / JOURNAL).exists()

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
-from sherpa_fixed.decoding.runtime import session_from_path
 from sherpa_fixed.decoding.sherpa_check import run_sherpa
+from sherpa_fixed.ort import session_from_path
 from sherpa_fixed.reading.onnx_graph import load_graph
 from sherpa_fixed.testing import ModelSpec, subsampled
 

@@ -87,7 +87,7 @@ def test_positional_encoding_limit_is_found_and_true(nemo_copy):
     assert limit == truth["pos_emb_max_len"]
     import numpy as np
 
-    from sherpa_fixed.decoding.runtime import session_from_path
+    from sherpa_fixed.ort import session_from_path
 
     sess = session_from_path(folder / "encoder.onnx")
     frames = (limit + 8) * 8

@@ -18,6 +18,7 @@ import pytest
 from onnx import numpy_helper
 
 from sherpa_fixed.errors import BadInputError
+from sherpa_fixed.reading import positional
 from sherpa_fixed.reading.inspector import inspect_folder
 from sherpa_fixed.rewriting import posenc
 from sherpa_fixed.rewriting.prepare import prepare_folder
@@ -52,7 +53,7 @@ def close_to_formula(table: np.ndarray) -> bool:
 
 def table_of(path: Path) -> np.ndarray:
     m = onnx.load(str(path), load_external_data=False)
-    (t,) = posenc.find_tables(m.graph)
+    (t,) = positional.find_tables(m.graph)
     return posenc.read_rows(t, path, 0, t.rows)[None]
 
 
@@ -76,7 +77,7 @@ def tdt80(nemo_copy):
 def test_genuine_tables_are_found_and_follow_nemos_formula(tdt80):
     for path in (tdt80 / "encoder.onnx", SPEECH / "encoder.onnx"):
         model = onnx.load(str(path))
-        (t,) = posenc.find_tables(model.graph)
+        (t,) = positional.find_tables(model.graph)
         assert t.rows % 2 == 1 and len(t.centres) == 2 and all(c.value == t.rows // 2 + 1 for c in t.centres)
         stored = table_of(path)
         want = nemo_pe(t.max_frames, t.d_model)
@@ -90,7 +91,7 @@ def test_genuine_tables_are_found_and_follow_nemos_formula(tdt80):
 
 def test_static_export_has_no_dynamic_table():
     static = Path(__file__).parent / "data" / "nemo" / "tdt-80-static800" / "encoder.onnx"
-    assert posenc.find_tables(onnx.load(str(static)).graph) == []
+    assert positional.find_tables(onnx.load(str(static)).graph) == []
 
 
 def test_max_seconds_extends_keeps_rows_and_runs_past_the_old_limit(tdt80, tmp_path):
@@ -142,13 +143,13 @@ def test_max_seconds_on_a_table_stored_externally(tdt80, tmp_path):
     (FACTS.md section 9); some re-savers make it an initializer. Both are found and extended; only
     the table's own bytes are read."""
     model = onnx.load(str(tdt80 / "encoder.onnx"))
-    (t,) = posenc.find_tables(model.graph)
+    (t,) = positional.find_tables(model.graph)
     stored = numpy_helper.to_array(t.tensor)
     onnx.external_data_helper.convert_model_to_external_data(model, all_tensors_to_one_file=True,
                                                              location="encoder.weights", size_threshold=100_000,
                                                              convert_attribute=True)
     onnx.save(model, str(tdt80 / "encoder.onnx"))
-    (t,) = posenc.find_tables(onnx.load(str(tdt80 / "encoder.onnx"), load_external_data=False).graph)
+    (t,) = positional.find_tables(onnx.load(str(tdt80 / "encoder.onnx"), load_external_data=False).graph)
     assert t.location == "encoder.weights"
     assert posenc.read_rows(t, tdt80 / "encoder.onnx", 0, t.rows).tobytes() == stored[0].tobytes()
 
@@ -164,7 +165,7 @@ def test_max_seconds_on_a_table_stored_externally(tdt80, tmp_path):
 
 def test_max_seconds_on_an_initializer_table(tdt80, tmp_path):
     model = onnx.load(str(tdt80 / "encoder.onnx"))
-    node = next(n for n in model.graph.node if n.op_type == "Constant" and n.output[0] == posenc.find_tables(
+    node = next(n for n in model.graph.node if n.op_type == "Constant" and n.output[0] == positional.find_tables(
         model.graph)[0].value)
     tensor = onnx.TensorProto()
     tensor.CopyFrom(node.attribute[0].t)
@@ -179,7 +180,7 @@ def test_max_seconds_on_an_initializer_table(tdt80, tmp_path):
 
 def test_a_table_that_is_not_nemos_is_refused(tdt80, tmp_path):
     model = onnx.load(str(tdt80 / "encoder.onnx"))
-    (t,) = posenc.find_tables(model.graph)
+    (t,) = positional.find_tables(model.graph)
     arr = numpy_helper.to_array(t.tensor).copy()
     arr[0, 10, 5] += 0.01
     t.tensor.CopyFrom(numpy_helper.from_array(arr, t.tensor.name))

@@ -20,12 +20,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from sherpa_fixed.decoding.runtime import session_from_model
 from sherpa_fixed.errors import BadInputError
 from sherpa_fixed.reading import onnx_graph, protostream
 from sherpa_fixed.reading.external_data import audit_external_data
 from sherpa_fixed.reading.inspector import inspect_folder
 from sherpa_fixed.reading.onnx_graph import inline_span, load_graph, materialize, read_signature
+from sherpa_fixed.reading.sessions import session_from_model
 from sherpa_fixed.rewriting import stream_rewrite
 from sherpa_fixed.rewriting.prepare import prepare_folder
 from sherpa_fixed.testing import ModelSpec, make_encoder, write_model_folder

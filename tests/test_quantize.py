@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from sherpa_fixed.cli import main
 from sherpa_fixed.errors import BadInputError
 from sherpa_fixed.quantizing import protowrite, quantize_folder
-from sherpa_fixed.quantizing.report import QUANTIZED_KEY, describe
+from sherpa_fixed.reading.quantization import QUANTIZED_KEY, describe
 
 from .conftest import NEMO_DIR, NEMO_VARIANTS, REPO
 

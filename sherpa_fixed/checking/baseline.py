@@ -29,7 +29,7 @@ import numpy as np
 from ..decoding.chunker import Stitcher, merge, plan_windows, window_samples, window_tokens
 from ..decoding.features import nemo_features
 from ..decoding.recognizer import chunking_for, positional_frames
-from ..decoding.runtime import providers_for, session_from_path
+from ..ort import providers_for, session_from_path
 from ..reading.metadata import atoi
 from ..reading.onnx_graph import load_graph, read_signature
 from ..reading.tokens import read_tokens

@@ -206,7 +206,7 @@ def _axis_difference(label: str, axis, want, expected: dict, batch_baked: bool |
                                "only declared: prepare frees it")]
         if axis.role in ("batch", "state_batch"):
             baked = batch_baked if axis.role == "batch" else axis.baked
-            if baked is False:  # a run at batch 2 worked: prepare frees it (its own rule, prepare._plan_dims)
+            if baked is False:  # a run at batch 2 worked: prepare frees it (its own rule, plan._plan_dims)
                 return [Difference(FIXABLE, "shape", what, "dynamic", str(found), "decode_streams() with several "
                                    "streams fails; only declared: prepare frees it")]
             return [Difference(BREAKING, "shape", what, "dynamic", str(found),

@@ -38,10 +38,9 @@ import sherpa_onnx
 
 from ..errors import BadInputError
 from ..reading.layout import find_layout
-from ..reading.metadata import atoi
+from ..reading.metadata import WINDOW_MARKER, atoi
 from ..reading.onnx_graph import GraphFile, Signature, read_signature
-from ..rewriting.posenc import find_tables
-from ..rewriting.windowing import WINDOW_MARKER
+from ..reading.positional import find_tables
 from .audio import Resampler
 from .chunker import (
     MergedResult,
@@ -160,20 +159,24 @@ def preflight(encoder: str, decoder: str, joiner: str, tokens: str, graphs: list
     from ..reading.metadata import sherpa_first_error
     from ..reading.tokens import read_tokens
 
-    refuse_outside_weights(*(graphs or (encoder, decoder, joiner)))
-    enc, dec, joi = read_signature(encoder), read_signature(decoder), read_signature(joiner)
-    error = sherpa_first_error(enc.metadata, measure_signatures(enc, dec, joi), read_tokens(tokens))
-    if error:
+    problem = broken_weights(*(graphs or (encoder, decoder, joiner)))
+    enc = read_signature(encoder)
+    if problem is None:
+        dec, joi = read_signature(decoder), read_signature(joiner)
+        error = sherpa_first_error(enc.metadata, measure_signatures(enc, dec, joi), read_tokens(tokens))
+        problem = (Path(encoder), f"sherpa-onnx would refuse this model: {error}") if error else None
+    if problem is not None:
         from ..reading.findings import advice_for  # the advice inspect and prepare give (issue 11)
 
         steps = advice_for([encoder, decoder, joiner], encoder=encoder, decoder=decoder, joiner=joiner, tokens=tokens)
-        raise BadInputError(f"sherpa-onnx would refuse this model: {error}", path=encoder,
-                            fix="; ".join(steps) or None)
+        raise BadInputError(problem[1], path=problem[0], fix="; ".join(steps) or None)
     return enc
 
 
-def refuse_outside_weights(*models) -> None:
-    """External data that resolves outside a model's folder is never handed to onnxruntime (confine.py).
+def broken_weights(*models) -> tuple[Path, str] | None:
+    """(model, why) for external data that resolves outside a model's folder, or that no loader can read
+    (missing, cut short, at a forged offset): never handed to onnxruntime (safety/confine.py,
+    external_data.BROKEN). None when every model's weights are fine.
 
     models: paths or already loaded GraphFiles."""
     from ..reading.external_data import audit_external_data
@@ -181,10 +184,12 @@ def refuse_outside_weights(*models) -> None:
 
     for m in models:
         g = m if isinstance(m, GraphFile) else load_graph(m)
-        for ref, f in audit_external_data(g).outside:
-            raise BadInputError(f"tensor {ref.tensor!r} has external location {ref.location!r}, which {f.outside}",
-                                path=g.path, fix="sherpa-fixed reads only files inside the model folder; put the "
-                                "weights file beside the model (re-download or re-export it)")
+        audit = audit_external_data(g)
+        for ref, f in audit.outside:
+            return g.path, f"tensor {ref.tensor!r} has external location {ref.location!r}, which {f.outside}"
+        if audit.broken:  # onnxruntime would read past an end or at a forged offset (or abort)
+            return g.path, audit.broken[0]
+    return None
 
 
 def _absolute(path):

@@ -1,14 +1,21 @@
 """`sherpa-fixed export MODEL.nemo OUT_DIR`: a NeMo checkpoint to a sherpa-onnx folder in one pass.
 
 Order matters for memory and for the promise that nothing is half-written:
-1. the archive is read (headers and config only) and refused early when it is
-   not a transducer, before NeMo is imported or a byte is written;
-2. free disk beside OUT_DIR is checked against what the export will write;
+1. the archive is read (headers and config only, bounded and checked:
+   archive.py) and refused early when it is not a transducer, before NeMo is
+   imported or a byte is written;
+2. the run opens through the shared safety mechanism (safety/): OUT_DIR's
+   rules (not the checkpoint's folder, `--force` only over a folder
+   sherpa-fixed wrote), the checkpoint locked shared and OUT_DIR's parent
+   exclusively (two exports to one OUT_DIR run one after the other), free
+   disk checked against everything the export will write;
 3. everything happens in a hidden staging folder beside OUT_DIR, renamed
-   into place only after the checks pass (a failure or kill leaves no
-   OUT_DIR; a stale staging folder is swept by the next run);
-4. the archive is unpacked there (not in /tmp), the model restored on CPU,
-   the unpacked copy deleted; NeMo exports the three graphs; NeMo's own
+   into place only after the checks pass and after OUT_DIR's rules are
+   checked again (a failure or kill leaves no OUT_DIR; a stale staging
+   folder is swept by the next run);
+4. the members the checkpoint needs are copied there (never a tar
+   extraction), the model restored on CPU, the copies deleted; NeMo exports
+   the three graphs; NeMo's own
    greedy decoding and encoder output are computed on sherpa-onnx's features
    of the check audio; then the torch model is freed, before any weights are
    streamed into encoder.weights or any onnxruntime session is made, so the
@@ -33,8 +40,10 @@ import numpy as np
 
 from .. import __version__
 from ..errors import EXIT_NEEDS_FIX, EXIT_OK, BadInputError
-from ..rewriting.atomic import check_free_space, check_writable, disk_error, fsync_dir, sweep_stale, temp_path
-from .archive import classify, read_archive, refuse_unsupported
+from ..safety.atomic import check_free_space, disk_error
+from ..safety.output import check_output, staged_output
+from ..safety.session import writing
+from .archive import classify, extract_members, parse_config, read_archive, refuse_unsupported
 
 Progress = Callable[[str, int, int], None]
 Notice = Callable[[str], None]
@@ -42,6 +51,7 @@ Notice = Callable[[str], None]
 SCHEMA = "sherpa-fixed/export"
 CHECK_SECONDS = 8.0  # random-weight models emit up to 10 tokens a frame; NeMo's greedy takes ~10 ms each
 MARGIN = 64 << 20
+MAX_STATIC_FRAMES = 60_000  # 10 minutes of 10 ms frames: far past any NPU window, short of an absurd graph
 
 
 @dataclass
@@ -80,10 +90,11 @@ class ExportResult:
                 "warnings": self.warnings, "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
 
 
-def bytes_needed(weights_bytes: int, int8: bool) -> int:
-    """Peak bytes in the staging folder: torch's raw encoder and the consolidated copy side by side
-    (each about the checkpoint's size), then the int8 set (about a quarter) beside the fp32 one."""
-    return int(weights_bytes * (2.1 + (0.6 if int8 else 0.0))) + MARGIN
+def bytes_needed(weights_bytes: int, int8: bool, copied_bytes: int = 0) -> int:
+    """Peak bytes in the staging folder: the members copied from the archive (mapped until the model is
+    freed), torch's raw encoder and the consolidated copy side by side (each about the checkpoint's size),
+    then the int8 set (about a quarter) beside the fp32 one."""
+    return copied_bytes + int(weights_bytes * (2.1 + (0.6 if int8 else 0.0))) + MARGIN
 
 
 def encoder_metadata(facts, nemo_version: str, source: Path, static_frames: int | None) -> dict[str, str]:
@@ -166,38 +177,34 @@ def export_nemo(
     t0 = time.perf_counter()
     source, output = Path(source), Path(output)
     say = notice or (lambda _m: None)
-    if static_frames is not None and static_frames < 1:
-        raise BadInputError(f"--static-frames must be a positive number of feature frames, got {static_frames}")
+    if static_frames is not None and not 1 <= static_frames <= MAX_STATIC_FRAMES:
+        raise BadInputError(f"--static-frames must be between 1 and {MAX_STATIC_FRAMES} feature frames (10 ms "
+                            f"each), got {static_frames}", fix="NPU targets use a window of a few seconds, e.g. 800")
+    if not isinstance(threads, int) or threads < 1:
+        raise BadInputError(f"--num-threads must be 1 or more, got {threads}")
+    out = Path(os.path.abspath(output))
+    check_output(source, out, force, what="OUT_DIR")
     archive = read_archive(source)
     try:
-        import yaml  # comes with the extra (omegaconf); cheap, unlike torch and NeMo
+        import yaml  # noqa: F401 - comes with the extra (omegaconf); cheap, unlike torch and NeMo
     except ImportError:
         from .extra import require_extra
 
         require_extra()
         raise
-
-    try:
-        config = yaml.safe_load(archive.config_text) or {}
-    except yaml.YAMLError as exc:
-        raise BadInputError(f"corrupt .nemo archive: model_config.yaml is not YAML ({exc.__class__.__name__})",
-                            path=source, fix="re-download or re-save the checkpoint") from exc
-    if not isinstance(config, dict):
-        raise BadInputError("not a .nemo checkpoint: model_config.yaml is not a mapping", path=source)
+    config = parse_config(archive)
     kind, cls = classify(config)
     refuse_unsupported(kind, cls, source)
-    out = Path(os.path.abspath(output))
-    if out.exists() and not out.is_dir():
-        raise BadInputError("exists and is not a folder", path=out, fix="choose a new OUT_DIR")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise BadInputError("output folder exists and is not empty", path=out,
-                            fix="choose a new folder, or pass --force to replace it")
-    parent = out.parent
-    if not parent.is_dir():
-        raise BadInputError("parent folder does not exist", path=parent, fix="create it first")
-    check_writable(parent)
-    sweep_stale(parent)
-    check_free_space(parent, bytes_needed(archive.weights_bytes, int8))
+    with writing(source, output=out), staged_output(out, source=source, force=force, command="export") as staged:
+        check_free_space(out.parent, bytes_needed(archive.weights_bytes, int8, archive.needed_bytes))
+        return _export(archive, kind, staged, int8=int8, static_frames=static_frames, check=check, audio=audio,
+                       threads=threads, progress=progress, say=say, t0=t0)
+
+
+def _export(archive, kind: str, staged, *, int8: bool, static_frames: int | None, check: bool, audio,
+            threads: int, progress: Progress | None, say: Notice, t0: float) -> ExportResult:
+    """The export proper, inside the staging folder `staged` (safety/output.py) that the caller opened."""
+    source, out, staging = archive.path, staged.output, staged.staging
     if int8:
         why = _int8_ready()
         if why:
@@ -209,17 +216,15 @@ def export_nemo(
     torch, nemo_asr, nemo_version = require_extra()  # 10 s of imports: only once the input is known good
 
     result = ExportResult(source, out, {}, {})
-    staging = temp_path(out, "tmp")
     try:
-        staging.mkdir()
         extracted, raw = staging / ".nemo", staging / ".raw"
         extracted.mkdir()
         raw.mkdir()
-        from .nemo_model import export_raw, extract_archive, load_model, model_facts, sentencepiece_of
+        from .nemo_model import export_raw, load_model, model_facts, sentencepiece_of
 
         say(f"reading {source.name} ({archive.weights_bytes / 1e9:.2f} GB of weights) on CPU")
         t = time.perf_counter()
-        extract_archive(archive, extracted)
+        extract_members(archive, extracted)
         model = load_model(archive, extracted, nemo_asr, torch)
         shutil.rmtree(extracted)  # its pages stay mapped (the weights) until the model is freed
         result.seconds["load"] = time.perf_counter() - t
@@ -279,30 +284,14 @@ def export_nemo(
             result.checks = run_checks(staging, reference, static_frames, int8, threads)
             result.seconds["check"] = time.perf_counter() - t
         if any(not c.ok for c in result.checks):
-            shutil.rmtree(staging, ignore_errors=True)
             result.seconds["total"] = time.perf_counter() - t0
-            return result
-        _put_in_place(staging, out)
+            return result  # the staging folder goes with the run (safety/output.py): nothing is written
+        staged.commit()
         result.written = True
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise disk_error(exc, out) from exc
-        raise
+    except OSError as exc:
+        raise disk_error(exc, out) from exc
     result.seconds["total"] = time.perf_counter() - t0
     return result
-
-
-def _put_in_place(staging: Path, out: Path) -> None:
-    fsync_dir(staging)
-    if out.exists():
-        old = temp_path(out, "old")
-        os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
-    fsync_dir(out.parent)
 
 
 def run_checks(folder: Path, reference, static_frames: int | None, int8: bool, threads: int) -> list[Check]:

@@ -18,7 +18,6 @@ import contextlib
 import io
 import logging
 import os
-import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -66,21 +65,6 @@ def quiet_nemo() -> None:
     for name in ("nemo_logger", "nemo", "pytorch_lightning", "lightning", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("NEMO_TESTING", "0")
-
-
-def extract_archive(archive: NemoArchive, folder: Path) -> None:
-    """Unpack the .nemo into `folder` (beside the output, on the disk we checked), refusing unsafe members."""
-    try:
-        with tarfile.open(archive.path, "r:gz" if archive.compressed else "r:") as tar:
-            try:
-                tar.extractall(folder, filter="data")  # no absolute paths, no '..', no links out, no devices
-            except TypeError:  # Python without extraction filters: NeMo's own safe extraction
-                from nemo.utils.tar_utils import safe_extract
-
-                safe_extract(tar, str(folder), skip_unsafe=True)
-    except (tarfile.TarError, EOFError) as exc:
-        raise BadInputError(f"corrupt .nemo archive ({type(exc).__name__}: {exc})", path=archive.path,
-                            fix="the file is truncated or damaged; re-download or re-save it") from exc
 
 
 def mapped_connector():

@@ -9,7 +9,7 @@ __all__ = ["QuantizeResult", "quantize_folder", "render_quantize"]
 
 
 def __getattr__(name: str):
-    # Lazy: inspect reads quantizing.report, which must not pull onnxruntime's quantizer in (protos.py).
+    # Lazy: importing the package must not pull onnxruntime's quantizer in (protos.py).
     if name in __all__:
         from . import folder
 

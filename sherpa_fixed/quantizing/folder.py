@@ -8,10 +8,12 @@ k2-fsa/sherpa-onnx scripts/nemo/parakeet-tdt-0.6b-v2/export_onnx.py), with
 the encoder's metadata carried over. Weights stream from disk one tensor at a
 time (ort_scheme.py, protowrite.py).
 
-Safety is prepare's: the source is locked (shared for --output, exclusive for
---in-place), every read stays inside the model folder, every file is written
-under a temp name and renamed into place, and a failed run leaves the folder
-as it was.
+Safety is the shared mechanism's (safety/, docs/safety.md): the source is
+locked (shared for --output, exclusive for --in-place), every read stays
+inside the model folder, every file is written under a temp name and renamed
+into place, in-place renames are journaled (a killed run is undone by the
+next), an output folder is staged and renamed into place whole, and small
+files are copied, never linked, into it.
 """
 
 from __future__ import annotations
@@ -27,23 +29,18 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import EXIT_OK, BadInputError
-from ..reading.external_data import audit_external_data
+from ..reading.external_data import audit_external_data, referenced_in
 from ..reading.layout import ROLES, find_layout
 from ..reading.onnx_graph import GraphFile, all_nodes
-from ..rewriting.atomic import (
-    PREFIX,
-    check_free_space,
-    check_writable,
-    disk_error,
-    fsync_dir,
-    link_or_copy,
-    sweep_stale,
-    temp_path,
-)
-from ..rewriting.lock import DEFAULT_WAIT, folder_locks
+from ..reading.quantization import QUANTIZED_KEY, quantized_ops
+from ..safety import journal
+from ..safety.atomic import PREFIX, bring, check_free_space, check_writable, disk_error, fsync_dir, temp_path
+from ..safety.confine import inside
+from ..safety.lock import DEFAULT_WAIT
+from ..safety.output import StagedOutput, check_output, staged_output
+from ..safety.session import writing
 from .ort_scheme import Spill, quantize_graph, weight_type_for
 from .protowrite import write_model
-from .report import QUANTIZED_KEY, quantized_ops
 from .stubs import Store
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total), as prepare's
@@ -136,10 +133,9 @@ def _fp32_set(source: Path) -> dict[str, GraphFile]:
                 fix="quantize the folder before windowing it: sherpa-fixed quantize FP32_DIR -o INT8_DIR, then "
                     "sherpa-fixed prepare INT8_DIR --window -o OUT; nothing was written")
         audit = audit_external_data(g)
-        bad = [m for c, m in audit.problems if c in ("external.missing", "external.truncated", "external.outside",
-                                                       "external.length_mismatch", "external.no_location")]
-        if bad:
-            raise BadInputError(bad[0], path=g.path, fix="re-download or re-export the model; nothing was written")
+        if audit.broken:
+            raise BadInputError(audit.broken[0], path=g.path, fix="re-download or re-export the model; nothing was "
+                                "written")
     return graphs
 
 
@@ -171,10 +167,9 @@ def quantize_folder(
     sherpa-onnx's int8 releases: the int8 set plus tokens.txt (and bpe.vocab).
     `exclude`: `[ROLE:]GLOB` patterns of node names kept in fp32 (e.g.
     `encoder:/pre_encode/*`, `joiner:*`). Raises SherpaFixedError (exit 2) on bad
-    input, leaving nothing half-written.
+    input, leaving nothing half-written. Safety is the shared mechanism's
+    (safety/): locks, a journal for in-place runs, a staged output folder.
     """
-    from ..rewriting.prepare import check_output
-
     source = Path(source)
     if not source.is_dir():
         raise BadInputError("not a folder" if source.exists() else "folder not found", path=source,
@@ -187,18 +182,11 @@ def quantize_folder(
     out_path = Path(output) if output is not None else None
     if out_path is not None:
         check_output(source, out_path, force)
-    locks: list[tuple[Path, bool]] = [(source, not in_place)]
-    if out_path is not None:
-        locks.append((Path(os.path.abspath(out_path)).parent, False))
     scheme = {"method": "onnxruntime.quantize_dynamic", "per_channel": per_channel,
               "weight_type": {role: weight_type_for(role) for role in ROLES},
               "exclude": list(exclude)}
-    with folder_locks(locks, wait=wait):
+    with writing(source, output=out_path, in_place=in_place, wait=wait, referenced=lambda: referenced_in(source)):
         t0 = time.perf_counter()
-        if in_place:
-            sweep_stale(source)
-        else:
-            check_output(source, out_path, force)
         graphs = _fp32_set(source)
         _check_patterns(exclude, graphs)
         if in_place and not force:
@@ -209,23 +197,29 @@ def quantize_folder(
         target = source if in_place else out_path
         result = QuantizeResult(source, target, "in-place" if in_place else "output", scheme)
         result.seconds["plan"] = time.perf_counter() - t0
-        folder = source if in_place else Path(os.path.abspath(out_path)).parent
-        check_writable(folder)
         need = sum(g.size + audit_external_data(g).external_bytes for g in graphs.values())
         # int8 is a quarter of fp32, and the encoder's spill file and its output exist at the same time.
-        check_free_space(folder, need // 2 + (64 << 20))
-        staging = temp_path(source / "quantize" if in_place else Path(os.path.abspath(out_path)), "tmp")
-        try:
-            staging.mkdir()
-            _quantize_all(graphs, staging, globs, per_channel, scheme, result, progress)
-            if in_place:
+        need = need // 2 + (64 << 20)
+        if in_place:
+            check_writable(source)
+            check_free_space(source, need)
+            staging = temp_path(source / "quantize", "tmp")
+            try:
+                staging.mkdir()
+                _quantize_all(graphs, staging, globs, per_channel, scheme, result, progress)
                 _commit_in_place(staging, source, result)
-            else:
-                _commit_output(staging, source, out_path, result)
-        except OSError as exc:
-            raise disk_error(exc, target) from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            except OSError as exc:
+                raise disk_error(exc, target) from exc
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        else:
+            with staged_output(out_path, source=source, force=force, command="quantize") as out:
+                check_free_space(out.parent, need)
+                try:
+                    _quantize_all(graphs, out.staging, globs, per_channel, scheme, result, progress)
+                    _commit_output(out, source, result)
+                except OSError as exc:
+                    raise disk_error(exc, target) from exc
         result.seconds["total"] = time.perf_counter() - t0
         return result
 
@@ -289,49 +283,30 @@ def _outputs(staging: Path) -> list[Path]:
 
 
 def _commit_in_place(staging: Path, folder: Path, result: QuantizeResult) -> None:
-    """Rename each new file over its final name, keeping hard-linked backups to restore on failure."""
-    backups: dict[Path, Path] = {}
-    moved: list[Path] = []
+    """Rename each new file over its final name, journaled (safety/journal.py): a run killed between the
+    renames is undone by the next run of any command, and a failure here undoes it at once."""
+    j = journal.begin(folder)
+    moved: list[str] = []
     try:
         for p in _outputs(staging):
-            final = folder / p.name
-            if final.exists():
-                backup = temp_path(final, "bak")
-                os.link(final, backup)
-                backups[final] = backup
-            os.replace(p, final)
-            moved.append(final)
+            journal.swap_in(j, p, p.name)
+            moved.append(p.name)
         fsync_dir(folder)
     except BaseException:
-        for final in moved:
-            if final in backups:
-                os.replace(backups.pop(final), final)
-            else:
-                final.unlink(missing_ok=True)
-        for b in backups.values():
-            b.unlink(missing_ok=True)
-        fsync_dir(folder)
+        journal.roll_back(j)
         raise
-    for b in backups.values():
-        b.unlink(missing_ok=True)
-    result.written += [p.name for p in moved]
+    journal.commit(j)
+    result.written += moved
 
 
-def _commit_output(staging: Path, source: Path, output: Path, result: QuantizeResult) -> None:
-    result.written += [p.name for p in _outputs(staging)]
+def _commit_output(out: StagedOutput, source: Path, result: QuantizeResult) -> None:
+    result.written += [p.name for p in _outputs(out.staging)]
     for p in sorted(source.iterdir()):
         if p.is_file() and not p.name.startswith(PREFIX) and p.name.lower() in ROLE_FILES:
-            how = link_or_copy(p, staging / p.name)
+            inside(source, p, what="file")
+            how = bring(p, out.staging / p.name)  # small files are copied: editing the output never edits the source
             (result.linked if how == "linked" else result.written).append(p.name)
-    fsync_dir(staging)
-    if output.exists():
-        old = temp_path(Path(os.path.abspath(output)), "old")
-        os.replace(output, old)
-        os.replace(staging, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, output)
-    fsync_dir(Path(os.path.abspath(output)).parent)
+    out.commit()
 
 
 def render_quantize(result: QuantizeResult) -> str:

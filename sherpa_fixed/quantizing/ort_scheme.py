@@ -29,7 +29,7 @@ import onnx
 from onnx import ModelProto, TensorProto
 
 from ..errors import BadInputError
-from ..rewriting.atomic import disk_error
+from ..safety.atomic import disk_error
 from .stubs import Ref, Store, all_tensors, clear_stub, make_stub, stub_external, stub_key
 
 Tick = Callable[[int], None]  # bytes of fp32 weights just read

@@ -25,8 +25,8 @@ from onnx import ModelProto, TensorProto
 
 from ..reading.onnx_graph import initializer_tensors
 from ..reading.protostream import key_bytes, varint_bytes
-from ..rewriting.atomic import disk_error
 from ..rewriting.weights import aligned, copy_range_at, set_external
+from ..safety.atomic import disk_error
 from .stubs import Ref, Store, clear_stub, stub_key
 
 PROTOBUF_LIMIT = (1 << 31) - 1  # bytes a protobuf message may have

@@ -23,10 +23,10 @@ from pathlib import Path
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
 from ..errors import BadInputError
-from ..reading.confine import inside
 from ..reading.external_data import resolve_location
-from ..reading.onnx_graph import external_info, tensor_nbytes, uses_external_data
+from ..reading.onnx_graph import external_span, tensor_nbytes, uses_external_data
 from ..rewriting.weights import ONNX_THRESHOLD
+from ..safety.confine import inside
 
 STUB_KEY = "sherpa_fixed.stub"
 
@@ -136,15 +136,13 @@ def stub_external(model: ModelProto, model_path: Path, store: Store) -> int:
     for t in all_tensors(model):
         if not uses_external_data(t):
             continue
-        info = external_info(t)
-        location = info.get("location", "")
+        location, offset, length = external_span(t)
         if not location:
             raise BadInputError(f"tensor {t.name!r} has external data without a location", path=model_path,
                                 fix="the model is corrupt; re-export it")
         path = inside(folder, resolve_location(model_path, location), what="weights file")
-        offset = int(info.get("offset", "0") or 0)
         need = tensor_nbytes(t)
-        length = int(info["length"]) if "length" in info else need
+        length = length if length is not None else need
         if length is None or (need is not None and length != need):
             raise BadInputError(f"tensor {t.name!r} declares {length} bytes but its shape needs {need}",
                                 path=model_path, fix="the model is corrupt; re-export it")

@@ -15,9 +15,23 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from .confine import outside_reason
-from .onnx_graph import GraphFile, external_info, graph_tensors, inline_span, tensor_nbytes, uses_external_data
+from ..errors import SherpaFixedError
+from ..safety.atomic import PREFIX
+from ..safety.confine import outside_reason
+from .onnx_graph import (
+    GraphFile,
+    external_field,
+    external_info,
+    graph_tensors,
+    inline_span,
+    tensor_nbytes,
+    uses_external_data,
+)
 
+# Problems no loader survives (onnxruntime reads past an end, at a forged offset, or nothing): every command
+# that would hand the model to onnxruntime refuses them first, naming the tensor and the file.
+BROKEN = ("external.missing", "external.truncated", "external.outside", "external.length_mismatch",
+          "external.no_location", "external.bad_field")
 SCATTERED_THRESHOLD = 2  # more distinct files than this (per model) counts as scattered
 SMALL_TENSOR = 1024  # onnx.save's default size_threshold; see weights.ONNX_THRESHOLD
 
@@ -29,6 +43,7 @@ class ExternalRef:
     offset: int
     length: int | None
     expected_length: int | None
+    bad: str | None = None  # why its offset or length cannot be used (not a byte count)
 
 
 @dataclass
@@ -83,6 +98,11 @@ class ExternalAudit:
         return [(r, by_loc[loc]) for loc, r in seen.items()]
 
     @property
+    def broken(self) -> list[str]:
+        """Messages of the problems in BROKEN, most telling first."""
+        return [m for code in BROKEN for c, m in self.problems if c == code]
+
+    @property
     def external_bytes(self) -> int:
         return sum(r.length or r.expected_length or 0 for r in self.refs)
 
@@ -121,11 +141,12 @@ def external_refs(g: GraphFile) -> tuple[list[ExternalRef], int]:
             inline += span.length
         elif uses_external_data(t):
             info = external_info(t)
-            length = int(info["length"]) if "length" in info else None
-            refs.append(
-                ExternalRef(t.name, info.get("location", ""), int(info.get("offset", "0") or 0), length,
-                            tensor_nbytes(t))
-            )
+            bad = None
+            try:
+                offset, length = external_field(info, "offset") or 0, external_field(info, "length")
+            except ValueError as exc:
+                offset, length, bad = 0, None, str(exc)
+            refs.append(ExternalRef(t.name, info.get("location", ""), offset, length, tensor_nbytes(t), bad))
         else:
             inline += len(t.raw_data)
     return refs, inline
@@ -138,6 +159,11 @@ def audit_external_data(g: GraphFile) -> ExternalAudit:
     for r in refs:
         by_location.setdefault(r.location, []).append(r)
 
+    bad = [r for r in refs if r.bad]
+    if bad:
+        problems.append(("external.bad_field", f"tensor {bad[0].tensor!r}: {bad[0].bad}"
+                         + (f" ({len(bad) - 1} more tensors like it)" if len(bad) > 1 else "")
+                         + "; the model file is damaged or forged (re-download or re-export it)"))
     files: list[ExternalFile] = []
     for location, rs in by_location.items():
         path = resolve_location(g.path, location)
@@ -209,3 +235,31 @@ def mark_shared(audits: dict[Path, ExternalAudit]) -> list[tuple[Path, str, str]
                             f"weights file {f.location!r} is also used by {', '.join(m.name for m in others)}; "
                             "rewriting one model must not change the other"))
     return out
+
+
+def referenced_names(model_path: Path) -> set[str]:
+    """Names of the files beside `model_path` that its graph's external data points at (Constant nodes too)."""
+    from .onnx_graph import load_graph
+
+    here = Path(os.path.abspath(model_path)).parent
+    out = set()
+    g = load_graph(model_path)
+    for t in graph_tensors(g.model.graph):
+        if uses_external_data(t) and inline_span(g, t) is None:  # a skeleton's inline bytes are no weights file
+            p = Path(os.path.abspath(resolve_location(model_path, external_info(t).get("location", ""))))
+            if p.parent == here:
+                out.add(p.name)
+    return out
+
+
+def referenced_in(folder: Path) -> set[str]:
+    """Every file name some graph in `folder` still points at; a graph we cannot parse keeps everything."""
+    names: set[str] = set()
+    for p in folder.glob("*.onnx"):
+        if p.name.startswith(PREFIX):  # our backups and temp files (pathlib's glob matches dot-files)
+            continue
+        try:
+            names |= referenced_names(p)
+        except SherpaFixedError:
+            return {q.name for q in folder.iterdir()}  # unreadable graph: remove nothing
+    return names

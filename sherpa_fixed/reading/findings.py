@@ -109,6 +109,7 @@ SOURCE_ADVICE = {
     "external.truncated": "the weights file is incomplete: " + REEXPORT,
     "external.length_mismatch": "the graph and its weights disagree: " + REEXPORT,
     "external.no_location": REEXPORT,
+    "external.bad_field": REEXPORT,
     "external.outside": "sherpa-fixed reads only files inside the model folder; put the weights file beside the "
                         "model (re-download or re-export it)",  # as prepare's refusal says it (refuse_outside)
     "model.role": SAME_EXPORT,

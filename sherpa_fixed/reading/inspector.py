@@ -13,18 +13,19 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import BadInputError
-from ..rewriting import posenc
-from ..rewriting.windowing import WINDOW_MARKER
+from . import positional
 from .axes import Port, baking_evidence, ports_for
 from .external_data import ExternalAudit, audit_external_data, mark_shared
 from .findings import Finding, Verdict, verdict_of, worst
 from .layout import FolderLayout, ModelSet, classify_graph, find_layout
 from .measure import Measurements, measure
 from .metadata import (
+    WINDOW_MARKER,
     Expected,
     KeyAudit,
     atoi,
     audit_metadata,
+    duplicated_keys,
     expected_metadata,
     sherpa_first_error,
 )
@@ -64,7 +65,7 @@ class ModelReport:
 
 def _quantization(g: GraphFile) -> dict | None:
     """How the graph was quantized (operators, weight types, sherpa-fixed's record), or None for float."""
-    from ..quantizing.report import describe
+    from .quantization import describe
 
     return describe(g.model, g.metadata)
 
@@ -83,7 +84,7 @@ class VariantReport:
     findings: list[Finding]
     verdict: Verdict
     window: dict | None = None  # set for encoders windowed by prepare --window
-    positional: dict | None = None  # the dynamic encoder's positional limit (posenc.py)
+    positional: dict | None = None  # the dynamic encoder's positional limit (positional.py)
 
     @property
     def encoder(self) -> ModelReport:
@@ -226,6 +227,7 @@ def _external_findings(rep: ModelReport) -> list[Finding]:
         "external.truncated": ("error", "none"),
         "external.length_mismatch": ("error", "none"),
         "external.no_location": ("error", "none"),
+        "external.bad_field": ("error", "none"),
         "external.absolute": ("error", "prepare"),
         "external.escapes": ("error", "prepare"),
         "external.scattered": ("warning", "prepare"),
@@ -308,18 +310,18 @@ def _window_info(encoder: GraphFile) -> dict | None:
 def _positional_limit(encoder: GraphFile, measured: Measurements) -> dict | None:
     """How long an input the dynamic encoder's relative positional table allows (None: no table found).
 
-    From the table's shape and the Slice that reads it (posenc.find_tables); no tensor is read."""
-    tables = posenc.find_tables(encoder.model.graph)
+    From the table's shape and the Slice that reads it (positional.find_tables); no tensor is read."""
+    tables = positional.find_tables(encoder.model.graph)
     if not tables:
         return None
     sf = measured.get("subsampling_factor") or 8
     frames = min(t.max_frames for t in tables)
-    raw = encoder.metadata.get(posenc.MARKER)
+    raw = encoder.metadata.get(positional.MARKER)
     try:
         extended = json.loads(raw) if raw else None
     except ValueError:
         extended = {"raw": raw}
-    return {"output_frames": frames, "seconds": posenc.limit_seconds(frames, sf), "subsampling_factor": sf,
+    return {"output_frames": frames, "seconds": positional.limit_seconds(frames, sf), "subsampling_factor": sf,
             "tables": [t.to_json() for t in tables], "extended": extended}
 
 
@@ -368,6 +370,11 @@ def inspect_variant(
     for rep in models.values():
         findings += _external_findings(rep)
     findings += _metadata_findings(key_audits, enc.name)
+    for key, values in duplicated_keys(enc.model).items():
+        shown = ", ".join(map(repr, values[:3]))
+        findings.append(Finding("error", "metadata.duplicate",
+                                f"{enc.name}: metadata {key} is written {len(values)} times ({shown}); sherpa-onnx "
+                                f"reads the last, {values[-1]!r}, and editors change the first", "prepare", enc.name))
     if measured.get("decoder_state_batch_fixed"):
         findings.append(Finding("info", "decoder.state_batch_fixed",
                                 f"{models['decoder'].graph.name}: a decoder state input has batch fixed to 1, as "

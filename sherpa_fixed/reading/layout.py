@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BadInputError
-from .confine import inside
+from ..safety.confine import inside
 from .onnx_graph import GraphFile, load_graph
 
 ROLES = ("encoder", "decoder", "joiner")

@@ -25,6 +25,15 @@ AUDITED = (*REQUIRED_INT, "feat_dim", "normalize_type", "url")
 SUPPORTED_NORMALIZE = ("per_feature", "", "NA")
 DEFAULT_SUBSAMPLING = 8  # every FastConformer (Parakeet) model
 PREPARED_BY_KEY = "sherpa_fixed_prepared"
+WINDOW_MARKER = "sherpa_fixed_window"  # set by prepare --window: the encoder windows itself (its parameters)
+
+
+def duplicated_keys(model) -> dict[str, list[str]]:
+    """Metadata keys written more than once, with every value in file order (onnxruntime keeps the last)."""
+    values: dict[str, list[str]] = {}
+    for p in model.metadata_props:
+        values.setdefault(p.key, []).append(p.value)
+    return {k: v for k, v in values.items() if len(v) > 1}
 
 
 def atoi(text: str | None) -> int | None:

@@ -181,9 +181,10 @@ def inline_span(g: GraphFile, t: TensorProto) -> Span | None:
     if info.get("location") != g.path.name:
         return None
     try:
-        return g.inline_spans.get(int(info.get("offset", "-1")))
+        offset = external_field(info, "offset")
     except ValueError:
         return None
+    return g.inline_spans.get(offset) if offset is not None else None
 
 
 def materialize(g: GraphFile) -> ModelProto:
@@ -269,6 +270,33 @@ def uses_external_data(t: TensorProto) -> bool:
 
 def external_info(t: TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in t.external_data}
+
+
+MAX_OFFSET = 1 << 50  # 1 PiB: no weights file is larger; past it a number is a forgery, not an offset
+
+
+def external_field(info: dict[str, str], key: str) -> int | None:
+    """An external tensor's `offset` or `length` as a non-negative integer; None when absent.
+
+    ValueError when present but not a decimal integer in 0..MAX_OFFSET (`abc`, `-5`, `1e9`)."""
+    if key not in info:
+        return None
+    text = info[key].strip()
+    if not text.isdigit() or len(text) > 16 or int(text) > MAX_OFFSET:
+        raise ValueError(f"external {key} {info[key]!r} is not a byte count")
+    return int(text)
+
+
+def external_span(t: TensorProto) -> tuple[str, int, int | None]:
+    """(location, offset, length) of an external tensor: every reader of weights goes through this.
+
+    BadInputError naming the tensor when offset or length is not a non-negative integer."""
+    info = external_info(t)
+    try:
+        return info.get("location", ""), external_field(info, "offset") or 0, external_field(info, "length")
+    except ValueError as exc:
+        raise BadInputError(f"tensor {t.name!r}: {exc}",
+                            fix="the model file is damaged or forged; re-download or re-export it") from exc
 
 
 # ----------------------------------------------------------------------------- signature without parsing

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..decoding.runtime import first_line, session_from_model
+from ..ort import first_line
 from .onnx_graph import GraphFile, TensorSpec
 from .protos import ModelProto
+from .sessions import session_from_model
 
 
 @dataclass

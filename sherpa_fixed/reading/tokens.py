@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..safety.bounded import read_text_bounded
 
 BLANK = "<blk>"
 
@@ -45,17 +46,17 @@ class Tokens:
         }
 
 
+TOKENS_LIMIT = 64 << 20  # bytes: a million-piece vocabulary is about 20 MB; NeMo's are 1-2 thousand pieces
+
+
 def read_tokens(path: str | Path) -> Tokens:
-    """Parse tokens.txt; structural problems are recorded, unreadable files raise."""
+    """Parse tokens.txt; structural problems are recorded, unreadable files raise.
+
+    Bounded by what the file can legitimately hold: at most TOKENS_LIMIT bytes, and ids at most the
+    number of lines (a `x 60000000` line is a problem to report, never a range to build)."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise BadInputError("tokens file not found", path=path, fix="copy tokens.txt from the export") from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadInputError("tokens file is not UTF-8 text", path=path, fix="re-create tokens.txt") from exc
+    text = read_text_bounded(path, TOKENS_LIMIT, what="tokens file", why="a vocabulary file can need",
+                             fix="copy tokens.txt from the export")
     if "\x00" in text:
         raise BadInputError("tokens file holds binary data", path=path, fix="re-create tokens.txt")
 
@@ -92,9 +93,16 @@ def read_tokens(path: str | Path) -> Tokens:
     if not symbols:
         raise BadInputError("tokens file has no tokens", path=path, fix="copy tokens.txt from the export")
     ids = sorted(symbols)
-    if ids != list(range(len(ids))):
-        missing = sorted(set(range(ids[-1] + 1)) - set(ids))[:5]
-        problems.append(("tokens.gaps", f"ids are not consecutive from 0 (missing e.g. {missing})"))
+    if ids[0] < 0 or ids[-1] >= len(ids):
+        missing = []
+        for expected, have in zip(range(len(ids)), ids, strict=False):  # bounded by the lines, not the ids
+            if have != expected:
+                missing.append(expected)
+                if len(missing) == 5:
+                    break
+        beyond = [i for i in ids if i < 0 or i >= len(ids)]
+        problems.append(("tokens.gaps", f"ids are not consecutive from 0 (missing e.g. {missing}; "
+                         f"{len(beyond)} id(s) outside 0..{len(ids) - 1}, e.g. {beyond[:3]})"))
     blank = by_symbol.get(BLANK)
     if blank is None:
         problems.append(("tokens.no_blank", "no <blk> token; sherpa-onnx exits with "

@@ -15,10 +15,13 @@ claims: every byte outside metadata_props (and the freed ports) identical,
 and those fields exactly as planned. Identical bytes compute identical
 outputs, so no onnxruntime session (another gigabyte) is needed for it.
 
-Semantics match prepare's in-memory path: the first entry with a planned
-key gets the new value, keys not present are appended after the existing
-entries; freed axes become dim_param names; value_info is dropped when dims
-are freed (shape inference recomputes it).
+Semantics match prepare's in-memory path (both call `set_metadata`): each
+planned key ends as exactly one entry, the first one with that key, holding
+the new value; later entries with the same key are dropped (onnxruntime
+reads the last of duplicates, so an edit of the first alone would not be
+seen); keys not present are appended after the existing entries; freed axes
+become dim_param names; value_info is dropped when dims are freed (shape
+inference recomputes it).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ..reading import protostream as ps
 from ..reading.onnx_graph import GraphFile
 from ..reading.protos import StringStringEntryProto, ValueInfoProto
 from ..reading.protostream import Field, Pinned, ProtoError, Reader, key_bytes, len_field, varint_bytes
-from .atomic import disk_error, temp_path
+from ..safety.atomic import disk_error, temp_path
 from .verify import Check
 from .weights import copy_range_at
 
@@ -64,20 +67,37 @@ def _free(vi: ValueInfoProto, axes: dict[int, str]) -> None:
         d.dim_param = name
 
 
-def _set_metadata(entries: list[StringStringEntryProto], metadata: dict[str, str]) -> list[bool]:
-    """Apply the planned keys to a parsed metadata list in place (as prepare's in-memory path does); returns
-    which entries changed. New keys are appended."""
-    changed = [False] * len(entries)
+KEEP, SET, DROP = "keep", "set", "drop"
+
+
+def set_metadata(entries: list[StringStringEntryProto], metadata: dict[str, str]) -> list[str]:
+    """Apply the planned keys to a parsed metadata list in place; returns, per original entry, KEEP, SET
+    or DROP (a later duplicate of a planned key). New keys are appended to `entries`."""
+    n = len(entries)
+    actions = [KEEP] * n
     for key, value in metadata.items():
-        i = next((i for i, e in enumerate(entries) if e.key == key), None)
-        if i is None:
-            e = StringStringEntryProto(key=key, value=value)
-            entries.append(e)
-            changed.append(True)
-        else:
-            entries[i].value = value
-            changed[i] = True
-    return changed
+        found = [i for i in range(n) if entries[i].key == key]
+        if not found:
+            entries.append(StringStringEntryProto(key=key, value=value))
+            continue
+        entries[found[0]].value = value
+        actions[found[0]] = SET
+        for i in found[1:]:
+            actions[i] = DROP
+    return actions
+
+
+def edited(entries: list[StringStringEntryProto], actions: list[str]) -> list[StringStringEntryProto]:
+    """The metadata list set_metadata describes: dropped entries removed, new ones at the end."""
+    return [e for e, a in zip(entries, actions, strict=False) if a != DROP] + entries[len(actions):]
+
+
+def set_model_metadata(model, metadata: dict[str, str]) -> None:
+    """set_metadata on an in-memory ModelProto (prepare's path for graphs it rebuilds)."""
+    entries = [StringStringEntryProto(key=p.key, value=p.value) for p in model.metadata_props]
+    new = edited(entries, set_metadata(entries, metadata))
+    del model.metadata_props[:]
+    model.metadata_props.extend(new)
 
 
 def _graph_items(r: Reader, graph: Field, freed: Freed) -> list[Item]:
@@ -111,16 +131,16 @@ def plan_items(r: Reader, metadata: dict[str, str], freed: Freed) -> list[Item]:
     fields = list(r.fields(0, r.size))
     meta_fields = [f for f in fields if f.num == ps.MODEL_METADATA and f.wire == 2]
     entries = [StringStringEntryProto.FromString(r.read(f.data, f.end)) for f in meta_fields]
-    changed = _set_metadata(entries, metadata)
+    actions = set_metadata(entries, metadata)
     new_entries = [len_field(ps.MODEL_METADATA, e.SerializeToString()) for e in entries[len(meta_fields):]]
     last_meta = meta_fields[-1] if meta_fields else None
     items: list[Item] = []
     k = 0
     for f in fields:
         if f.num == ps.MODEL_METADATA and f.wire == 2:
-            if changed[k]:
+            if actions[k] == SET:
                 items.append(len_field(f.num, entries[k].SerializeToString()))
-            else:
+            elif actions[k] == KEEP:
                 _keep(items, f.start, f.end)
             k += 1
             if f is last_meta:
@@ -274,7 +294,7 @@ def streamed_proof(g: GraphFile, new_path: Path, metadata: dict[str, str], freed
               for f in fa if f.num == ps.MODEL_METADATA and f.wire == 2]
         mb = [StringStringEntryProto.FromString(rb.read(f.data, f.end))
               for f in fb if f.num == ps.MODEL_METADATA and f.wire == 2]
-        _set_metadata(ma, metadata)
+        ma = edited(ma, set_metadata(ma, metadata))
         if ma != mb:
             got = {e.key: e.value for e in mb}
             wrong = [k for k, v in metadata.items() if got.get(k) != v]

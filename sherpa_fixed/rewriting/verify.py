@@ -22,17 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..decoding.runtime import first_line, session_from_model, session_from_path
+from ..ort import first_line, session_from_path
 from ..reading.external_data import resolve_location
 from ..reading.onnx_graph import (
     GraphFile,
     TensorSpec,
     external_info,
+    external_span,
     graph_tensors,
     inline_span,
     uses_external_data,
 )
 from ..reading.protos import ModelProto, NodeProto, TensorProto
+from ..reading.sessions import session_from_model
 
 CHUNK = 8 << 20
 
@@ -262,12 +264,12 @@ def _tensor_reader(model_path: Path, graph: GraphFile | None = None):
             if got < n:
                 raise _EndsEarly(pinned.path)
             return np.frombuffer(buf, dtype=np.uint8, count=got)
-        info = external_info(t)
-        path = resolve_location(model_path, info.get("location", ""))
+        location, offset, _ = external_span(t)
+        path = resolve_location(model_path, location)
         f = handles.get(path)
         if f is None:
             f = handles[path] = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
-        f.seek(int(info.get("offset", "0") or 0) + start)
+        f.seek(offset + start)
         got = f.readinto(memoryview(buf)[:n])
         if got < n:
             raise _EndsEarly(path)
@@ -282,9 +284,9 @@ def _tensor_reader(model_path: Path, graph: GraphFile | None = None):
 
 def _nbytes(t: TensorProto) -> int:
     if uses_external_data(t):
-        info = external_info(t)
-        if "length" in info:
-            return int(info["length"])
+        length = external_span(t)[2]
+        if length is not None:
+            return length
         from ..reading.onnx_graph import tensor_nbytes
 
         return tensor_nbytes(t) or 0
@@ -352,11 +354,8 @@ def _same_place(ta: TensorProto, original: GraphFile, tb: TensorProto, path_b: P
         return False
     ia, ib = external_info(ta), external_info(tb)
     span = _skeleton_span(original, ta)
-    if span is not None:
-        where_a = (span.offset, span.length)
-    else:
-        where_a = (int(ia.get("offset", "0") or 0), int(ia["length"]) if "length" in ia else None)
-    where_b = (int(ib.get("offset", "0") or 0), int(ib["length"]) if "length" in ib else None)
+    where_a = (span.offset, span.length) if span is not None else external_span(ta)[1:]
+    where_b = external_span(tb)[1:]
     if where_a != where_b:
         return False
     try:

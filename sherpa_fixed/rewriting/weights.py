@@ -20,7 +20,13 @@ from typing import BinaryIO
 
 from ..errors import BadInputError
 from ..reading.external_data import resolve_location
-from ..reading.onnx_graph import external_info, graph_tensors, initializer_tensors, tensor_nbytes, uses_external_data
+from ..reading.onnx_graph import (
+    external_span,
+    graph_tensors,
+    initializer_tensors,
+    tensor_nbytes,
+    uses_external_data,
+)
 from ..reading.protos import ModelProto, TensorProto
 
 CHUNK = 8 << 20  # bytes per read/write when the kernel cannot copy for us
@@ -115,10 +121,9 @@ def plan_moves(model: ModelProto, model_path: Path) -> list[WeightMove]:
     moves = []
     for t in graph_tensors(model.graph):
         if uses_external_data(t):
-            info = external_info(t)
-            src = resolve_location(model_path, info.get("location", ""))
-            length = int(info["length"]) if "length" in info else (tensor_nbytes(t) or 0)
-            moves.append(WeightMove(t, src, int(info.get("offset", "0") or 0), length))
+            location, offset, length = external_span(t)
+            src = resolve_location(model_path, location)
+            moves.append(WeightMove(t, src, offset, length if length is not None else (tensor_nbytes(t) or 0)))
     return moves
 
 

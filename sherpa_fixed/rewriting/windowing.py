@@ -29,18 +29,20 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import __version__
 from ..errors import BadInputError
+from ..reading.metadata import WINDOW_MARKER
 from ..reading.protos import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
 
-WINDOW_MARKER = "sherpa_fixed_window"
 # prepare --window on a DYNAMIC encoder: window length when none is given (measured on the accuracy
 # benchmark, docs/long-audio.md).
 DEFAULT_DYNAMIC_WINDOW_S = 20.0
+MAX_WINDOW_S = 300.0  # a dynamic encoder's window: attention per window costs its square in memory
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,15 @@ def window_params(window: int, subsampling: int, *, hop_seconds: float | None = 
                   context_seconds: float | None = None, frame_s: float = 0.01) -> WindowParams:
     """Hop and context in frames, on the output grid, with window = hop + 2 * context."""
     s = subsampling
+    # Refused before any arithmetic: 1e308 s of hop is no number of frames (OverflowError, issue 20).
+    if hop_seconds is not None and not (math.isfinite(hop_seconds) and s * frame_s <= hop_seconds
+                                        <= window * frame_s):
+        raise BadInputError(f"--hop {hop_seconds:g} s must be between one output frame ({s * frame_s:g} s) and "
+                            f"the window ({window * frame_s:g} s)", fix="choose a hop in that range")
+    if context_seconds is not None and not (math.isfinite(context_seconds) and 0 <= context_seconds
+                                            <= window * frame_s):
+        raise BadInputError(f"context {context_seconds:g} s leaves no hop in a {window * frame_s:g} s window",
+                            fix="use a smaller --context")
     if window % s:
         raise BadInputError(f"the encoder's window ({window} frames) is not a multiple of its subsampling ({s})")
     if hop_seconds is not None and context_seconds is not None:

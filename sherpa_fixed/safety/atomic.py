@@ -1,10 +1,10 @@
 """Write files so that a crash at any moment leaves either the old file or the new one.
 
-Every file prepare writes goes to a hidden temp name in the destination
+Every file any command writes goes to a hidden temp name in the destination
 folder, is fsynced, then renamed over its final name (rename is atomic
 within a filesystem). Temp and backup names start with `.sf-` so that a run
 killed with -9 leaves nothing a model loader would pick up, and the next run
-sweeps them away.
+sweeps them away (only those whose writer's pid is gone).
 """
 
 from __future__ import annotations
@@ -56,12 +56,48 @@ def write_temp(final: Path, data: bytes, durable: bool = True) -> Path:
     return tmp
 
 
+def write_file(final: Path, data: bytes, mode: int | None = None) -> None:
+    """Replace `final` with `data` atomically and durably: temp file, fsync, rename, fsync of the folder."""
+    final = Path(final)
+    tmp = write_temp(final, data)
+    try:
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(exc, final) from exc
+    fsync_dir(final.parent)
+
+
+def ensure_folder(folder: Path, *, what: str = "output folder") -> Path:
+    """Create `folder` (and its parents) for writing, with one clear line when that cannot be done.
+
+    An existing path that is not a folder, a parent that is a file, a read-only or pseudo file system
+    (/sys, /proc) and missing permissions are all bad input, not internal errors.
+    """
+    folder = Path(folder)
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise BadInputError(f"{what} exists and is not a folder", path=folder, fix="choose another folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise BadInputError(f"{what} exists and is not a folder", path=folder, fix="choose another folder") from exc
+    except NotADirectoryError as exc:
+        raise BadInputError(f"cannot create the {what}: a part of its path is a file, not a folder", path=folder,
+                            fix="choose a folder under an existing folder") from exc
+    except OSError as exc:
+        raise disk_error(exc, folder) from exc
+    check_writable(folder)
+    return folder
+
+
 def disk_error(exc: OSError, path: Path) -> BadInputError:
     if exc.errno == errno.ENOSPC:
         return BadInputError("disk full while writing", path=path, fix="free space and run again; nothing was changed")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return BadInputError("no permission to write", path=path,
-                             fix="use --output DIR on a writable disk, or fix the folder's permissions")
+                             fix="write to a folder on a writable disk, or fix the folder's permissions")
     return BadInputError(f"cannot write ({exc.strerror})", path=path)
 
 
@@ -112,6 +148,27 @@ def check_free_space(folder: Path, needed: int) -> None:
     if needed > free:
         raise BadInputError(f"needs {needed / 1e9:.2f} GB free but only {free / 1e9:.2f} GB are", path=folder,
                             fix="free space or use --output on another disk; nothing was changed")
+
+
+LINK_MIN = 16 << 20  # files at least this big are hard-linked into an output folder (and reported); smaller copied
+
+
+def bring(src: Path, dst: Path) -> str:
+    """Put an unchanged source file into an output folder as a real file, never a link to a link.
+
+    Big files (>= LINK_MIN) are hard-linked to the resolved file (no bytes copied; the caller lists them
+    as linked, since the two names then share one file); small ones (tokens.txt, graphs) are copied with
+    their mode, so that editing the output never edits the source. Returns "linked" or "copied".
+    """
+    real = Path(os.path.realpath(src))
+    if real.stat().st_size >= LINK_MIN and link_or_copy(real, dst) == "linked":
+        return "linked"
+    try:
+        shutil.copyfile(real, dst)
+        shutil.copymode(real, dst)
+    except OSError as exc:
+        raise disk_error(exc, dst) from exc
+    return "copied"
 
 
 def link_or_copy(src: Path, dst: Path) -> str:

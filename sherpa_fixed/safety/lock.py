@@ -1,4 +1,4 @@
-"""One writer per model folder.
+"""One writer per folder (or file): flock(2), waited for, never left stale.
 
 Two `prepare --in-place` runs on one folder, each planning from what it saw,
 once deleted every weight file between them. A run therefore takes an
@@ -11,7 +11,10 @@ The lock is `flock(2)` on the folder's own directory descriptor: nothing is
 created inside the folder (a read-only or shared folder can still be
 locked), the kernel drops it when the process dies (kill -9 leaves no stale
 lock), and it works across processes. A second run waits, saying so once on
-stderr, for at most `wait` seconds, then refuses with exit 2.
+stderr, for at most `wait` seconds, then refuses with exit 2. A regular file
+(a `.nemo` being exported, a corpus's output manifest) is locked the same way
+through its own descriptor; anything else (a FIFO would block the open) is
+refused.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -40,13 +44,16 @@ def _stderr(msg: str) -> None:
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, *, shared: bool = False, wait: float = DEFAULT_WAIT,
                 notice: Notice | None = _stderr) -> Iterator[None]:
-    """Hold an exclusive (or shared) lock on `folder` for the body; wait up to `wait` seconds for it."""
+    """Hold an exclusive (or shared) lock on `folder` (or a regular file) for the body; wait up to `wait` s."""
     path = Path(os.path.realpath(folder))
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise BadInputError(f"cannot open folder to lock it ({exc.strerror})", path=folder) from exc
+        raise BadInputError(f"cannot open it to lock it ({exc.strerror})", path=folder) from exc
     try:
+        mode_bits = os.fstat(fd).st_mode
+        if not (stat.S_ISDIR(mode_bits) or stat.S_ISREG(mode_bits)):
+            raise BadInputError("cannot be locked: it is neither a folder nor a regular file", path=folder)
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         deadline = time.monotonic() + wait
         told = False
@@ -61,7 +68,8 @@ def folder_lock(folder: str | os.PathLike, *, shared: bool = False, wait: float 
                 raise BadInputError(f"another sherpa-fixed run is still writing here after {wait:g} s", path=folder,
                                     fix="wait for it to finish, then run again; nothing was changed")
             if not told and notice is not None:
-                notice(f"{folder}: another sherpa-fixed run is using this folder; waiting for it to finish")
+                notice(f"{folder}: another sherpa-fixed run is using this "
+                       f"{'folder' if stat.S_ISDIR(mode_bits) else 'file'}; waiting for it to finish")
                 told = True
             time.sleep(POLL)
         yield

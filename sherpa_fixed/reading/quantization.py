@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from ..reading.onnx_graph import all_nodes
-from ..reading.protos import ModelProto, TensorProto
+from .onnx_graph import all_nodes
+from .protos import ModelProto, TensorProto
 
 QUANTIZED_KEY = "sherpa_fixed_quantized"
 INTEGER_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeLSTM", "QuantizeLinear",

@@ -1,26 +1,21 @@
-"""onnxruntime sessions for graphs we have edited in memory.
+"""onnxruntime sessions and messages: the one place sherpa-fixed creates a session.
 
-Probing and verification run a modified copy of a graph whose weights stay
-in the user's folder. The copy is handed to onnxruntime as bytes, with
-`session.model_external_initializers_file_folder_path` pointing at the
-weights' folder, so nothing is written next to the user's model and no
-weights are copied. Locations that onnxruntime >= 1.28 refuses (absolute,
-`..`) are rewritten in the copy to bare names in their real folder.
+Below everything that runs a graph (the probe and the verifier, the
+validation baseline, the positional-table proof): sessions from a file,
+from bytes whose external weights live in a named folder, and onnxruntime's
+long error texts cut to the node and the reason. onnxruntime is imported
+only when a session is made: `inspect` and metadata-only `prepare` never
+pay for it.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BadInputError
-from ..reading.confine import outside_reason
-from ..reading.external_data import resolve_location
-from ..reading.onnx_graph import external_info, graph_tensors, uses_external_data
-from ..reading.protos import ModelProto
+from .errors import BadInputError
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -57,46 +52,14 @@ def providers_for(provider: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def relocatable_copy(model: ModelProto, model_path: Path) -> tuple[ModelProto, Path]:
-    """A copy whose external locations are bare names inside one folder, and that folder."""
-    model = copy.deepcopy(model)
-    folder: Path | None = None
-    for t in graph_tensors(model.graph):
-        if not uses_external_data(t):
-            continue
-        loc = external_info(t).get("location", "")
-        outside = outside_reason(model_path.parent, resolve_location(model_path, loc))
-        if outside is not None:  # the copy must never be a way to read what the original may not (confine.py)
-            raise BadInputError(f"tensor {t.name!r} has external location {loc!r}, which {outside}",
-                                path=model_path, fix="sherpa-fixed reads only files inside the model folder")
-        real = resolve_location(model_path, loc).resolve()
-        if folder is None:
-            folder = real.parent
-        if real.parent != folder:
-            # Several folders: keep relative paths against the model folder where possible.
-            folder = model_path.parent.resolve()
-            continue
-        for e in t.external_data:
-            if e.key == "location":
-                e.value = real.name
-    return model, (folder or model_path.parent.resolve())
-
-
-def session_from_model(
-    model: ModelProto,
-    model_path: Path,
-    *,
-    providers: list[str] | None = None,
-    threads: int = 1,
-    optimize: bool = True,
-) -> onnxruntime.InferenceSession:
-    """Create a session for an in-memory (possibly edited) graph whose weights live beside model_path."""
+def session_from_bytes(data: bytes, weights_folder: Path, *, providers: list[str] | None = None, threads: int = 1,
+                       optimize: bool = True) -> onnxruntime.InferenceSession:
+    """A session for a serialized graph whose external weights (bare relative names) live in weights_folder."""
     import onnxruntime as ort
 
-    relocated, folder = relocatable_copy(model, model_path)
     so = session_options(threads, optimize=optimize)
-    so.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(folder))
-    return ort.InferenceSession(relocated.SerializeToString(), so, providers=providers or ["CPUExecutionProvider"])
+    so.add_session_config_entry(EXTERNAL_FOLDER_KEY, str(weights_folder))
+    return ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
 
 
 def session_from_path(path: str | os.PathLike, *, providers: list[str] | None = None, threads: int = 1,
