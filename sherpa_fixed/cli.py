@@ -7,6 +7,7 @@ on stderr (and an `error` object under --json) with the exit code they carry.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -253,7 +254,7 @@ def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, prov
 
     Exit code: 0 all files transcribed, 1 some failed, 2 the model cannot be used.
     """
-    from .decoding.transcribe import model_problem, open_recognizer, to_srt, transcribe_file, transcript_document
+    from .decoding.transcribe import open_recognizer, output_folder
 
     if as_json and srt:
         raise click.UsageError("choose one of --json and --srt")
@@ -269,11 +270,17 @@ def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, prov
     from .checking import wer
 
     refs = wer.references_for_files(reference_texts, len(audio)) if reference_texts else None
-    recognizer = open_recognizer(model_dir, int8=int8, provider=provider, num_threads=num_threads,
-                                 window_seconds=window_seconds, overlap_seconds=overlap_seconds)
-    out_dir = Path(output_dir) if output_dir else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:  # a bad --output-dir fails before the model loads
+        write = stack.enter_context(output_folder(output_dir)) if output_dir else None
+        recognizer = open_recognizer(model_dir, int8=int8, provider=provider, num_threads=num_threads,
+                                     window_seconds=window_seconds, overlap_seconds=overlap_seconds)
+        _transcribe_all(model_dir, audio, recognizer, write, as_json, srt, refs)
+
+
+def _transcribe_all(model_dir, audio, recognizer, write, as_json, srt, refs) -> None:
+    from .checking import wer
+    from .decoding.transcribe import model_problem, to_srt, transcribe_file, transcript_document
+
     results = []
     for path in audio:
         bar = _AudioBar(path)
@@ -290,8 +297,8 @@ def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, prov
         if as_json:
             continue
         body = to_srt(r) if srt else r.text + "\n"
-        if out_dir:
-            (out_dir / (Path(path).stem + (".srt" if srt else ".txt"))).write_text(body, encoding="utf-8")
+        if write:
+            write(Path(path).stem + (".srt" if srt else ".txt"), body)
         elif srt:
             if len(audio) > 1:
                 click.echo(f"==> {path} <==")
@@ -299,11 +306,12 @@ def transcribe_cmd(model_dir, audio, as_json, srt, output_dir, num_threads, prov
         else:
             click.echo(f"{path}: {r.text}" if len(audio) > 1 else r.text)
     if as_json:
-        if out_dir:
+        if write:
             for r in results:
-                (out_dir / (Path(r.path).stem + ".json")).write_text(json.dumps(r.to_json(), indent=2) + "\n")
+                write(Path(r.path).stem + ".json", json.dumps(r.to_json(), indent=2) + "\n")
         else:
             emit_json(wer.transcribe_document_wer(transcript_document(model_dir, results), refs))
+    out_dir = write is not None
     if refs and not (as_json and not out_dir):  # stdout carries no document: the scores go there
         click.echo(wer.transcribe_lines([r.path for r in results], [r.text if r.ok else None for r in results],
                                         refs), err=bool(srt and not out_dir))
@@ -401,14 +409,14 @@ def demo_cmd(folder, as_json):
 @click.argument("out_dir", type=click.Path())
 @click.option("--int8", is_flag=True, help="Also write the int8 set (encoder/decoder/joiner.int8.onnx) with "
                                           "sherpa-fixed's streamed quantizer.")
-@click.option("--static-frames", type=int, metavar="T",
+@click.option("--static-frames", type=click.IntRange(1, 60_000), metavar="T",
               help="Export the encoder with a static 1 x feat x T input (NPU/TensorRT targets); decode it with "
                    "sherpa_fixed.OfflineRecognizer or make it any-length with `prepare --window`.")
 @click.option("--force", is_flag=True, help="Replace an existing, non-empty OUT_DIR.")
 @click.option("--audio", type=click.Path(dir_okay=False),
               help="WAV file for the agreement check (default: 8 s of generated tone segments).")
 @click.option("--no-check", is_flag=True, help="Skip the checks (inspect, encoder vs torch, sherpa-onnx vs NeMo).")
-@click.option("--num-threads", type=int, default=1, show_default=True, help="Threads for the check decodes.")
+@click.option("--num-threads", type=THREADS, default=1, show_default=True, help="Threads for the check decodes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @handle_errors
 def export_cmd(model, out_dir, int8, static_frames, force, audio, no_check, num_threads, as_json):

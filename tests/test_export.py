@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 import pytest
 
+from sherpa_fixed.safety.output import MARKER
+
 from .conftest import REPO
 
 pytestmark = pytest.mark.export
@@ -160,8 +162,9 @@ def test_export_writes_the_release_layout_and_checks_it(exports, variant):
     cls, n_mels, tdt = VARIANTS[variant]
     assert r.written and r.exit_code == 0, r.to_json()
     out = r.output
-    assert sorted(os.listdir(out)) == ["bpe.vocab", "decoder.onnx", "encoder.onnx", "encoder.weights", "joiner.onnx",
-                                       "tokens.txt"]
+    layout = ["bpe.vocab", "decoder.onnx", "encoder.onnx", "encoder.weights", "joiner.onnx", "tokens.txt"]
+    assert sorted(os.listdir(out)) == sorted([*layout, MARKER])
+    assert json.loads((out / MARKER).read_text())["files"] == layout  # what --force may later replace
     assert not [n for n in os.listdir(out.parent) if n.startswith(".sf-")]
     # Every check ran and passed: inspect verdict, encoder vs torch, sherpa-onnx tokens == NeMo's.
     checks = {c.name: c for c in r.checks}

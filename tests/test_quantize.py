@@ -26,6 +26,7 @@ from sherpa_fixed.cli import main
 from sherpa_fixed.errors import BadInputError
 from sherpa_fixed.quantizing import protowrite, quantize_folder
 from sherpa_fixed.reading.quantization import QUANTIZED_KEY, describe
+from sherpa_fixed.safety.output import MARKER
 
 from .conftest import NEMO_DIR, NEMO_VARIANTS, REPO
 
@@ -83,7 +84,7 @@ def test_factory_models_equal_onnxruntime(make_folder, tmp_path, external):
     src = make_folder("m", external=external, d_model=48, layers=2, attention_heads=2)
     result = quantize_folder(src, output=tmp_path / "q")
     assert result.exit_code == 0
-    assert sorted(result.written) == [f"{r}.int8.onnx" for r in sorted(ROLES)]
+    assert sorted(result.written) == [f"{r}.int8.onnx" for r in sorted(ROLES)] + ["tokens.txt"]
     check_folder(src, tmp_path / "q", tmp_path)
 
 
@@ -184,8 +185,14 @@ def test_output_is_an_int8_release_layout(nemo_copy, tmp_path):
     src, _ = nemo_copy("tdt-80")
     r = quantize_folder(src, output=tmp_path / "q")
     assert sorted(p.name for p in (tmp_path / "q").iterdir()) == sorted(
-        [f"{x}.int8.onnx" for x in ROLES] + ["tokens.txt"])
-    assert r.linked == ["tokens.txt"]
+        [f"{x}.int8.onnx" for x in ROLES] + ["tokens.txt", MARKER])
+    # tokens.txt is a copy, not a hard link: editing the output never edits the source (issue 20)
+    assert r.linked == [] and "tokens.txt" in r.written
+    assert (tmp_path / "q" / "tokens.txt").stat().st_ino != (src / "tokens.txt").stat().st_ino
+    before = (src / "tokens.txt").read_bytes()
+    with open(tmp_path / "q" / "tokens.txt", "a") as f:
+        f.write("edited 9999\n")
+    assert (src / "tokens.txt").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".sf-")]
 
 

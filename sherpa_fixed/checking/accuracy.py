@@ -22,6 +22,7 @@ import numpy as np
 
 from ..decoding.audio import read_wav, resample
 from ..errors import BadInputError
+from ..safety.bounded import read_text_bounded
 from .wer import WordErrors, paired_standard_error, standard_error, total, word_errors
 
 SR = 16000
@@ -62,7 +63,7 @@ def load_set(folder: str | os.PathLike, kind: str) -> list[Utterance]:
     if not manifest.is_file():
         raise BadInputError(f"no {kind}.json in the set folder", path=folder,
                             fix="make a set with: python -m sherpa_fixed.checking.speechgen OUT --seed N")
-    items = json.loads(manifest.read_text())
+    items = json.loads(read_text_bounded(manifest, 64 << 20, what="set manifest"))
     return [Utterance(it["file"], it["text"], _read(folder / it["file"]),
                       it.get("unseen_voice")) for it in items]
 

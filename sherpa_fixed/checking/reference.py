@@ -21,6 +21,7 @@ from pathlib import Path
 from ..errors import BadInputError
 from ..reading.findings import advice
 from ..reading.inspector import FolderReport, VariantReport
+from ..safety.bounded import read_text_bounded
 
 EXPECTED, FIXABLE, BREAKING = "expected", "fixable", "breaking"
 DEFAULT_REFERENCE = "parakeet-tdt-0.6b"
@@ -87,11 +88,9 @@ def _choose() -> str:
 def _read_reference(path: Path) -> dict:
     """Parse and shape-check a reference, so a wrong file is one line (exit 2), never a crash later on."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        data = json.loads(read_text_bounded(path, 4 << 20, what="reference layout", fix=_choose()))
+    except ValueError as exc:
         raise BadInputError("not a reference layout: not JSON", path=path, fix=_choose()) from exc
-    except OSError as exc:
-        raise BadInputError(f"cannot read the reference ({exc.strerror})", path=path) from exc
     problem = _shape_problem(data)
     if problem:
         raise BadInputError(f"not a reference layout: {problem}", path=path, fix=_choose())

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadInputError, SherpaFixedError
+from ..safety.bounded import read_text_bounded
 
 _NON_WORD = re.compile(r"[^\w']+")
 _EDGE_QUOTES = re.compile(r"(^'+|'+$)")
@@ -134,10 +135,8 @@ def read_reference(value: str) -> str:
     except OSError:
         is_file = False
     if is_file:
-        try:
-            text = Path(value).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BadInputError(f"cannot read the reference transcript: {exc}", path=value) from exc
+        text = read_text_bounded(value, 64 << 20, what="reference transcript",
+                                 why="a transcript of days of speech needs")
         if not normalize(text):
             raise BadInputError("the reference transcript file has no words", path=value)
         return text

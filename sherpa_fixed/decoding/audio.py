@@ -13,13 +13,16 @@ long file never needs a second full-length copy in flight.
 from __future__ import annotations
 
 import math
+import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BadInputError
+from ..safety.bounded import open_regular
 
 PCM, IEEE_FLOAT, EXTENSIBLE = 1, 3, 0xFFFE
 SILENCE_PEAK = 1e-5  # below this everything is numerically silent (under -100 dBFS)
@@ -37,61 +40,125 @@ class Audio:
         return len(self.samples) / self.sample_rate
 
 
-def read_wav(path: str | Path) -> Audio:
-    """Mono float32 samples of a WAV file; BadInputError naming the file and the fix otherwise."""
-    path = Path(path)
+MIN_RATE, MAX_RATE = 1000, 384_000  # Hz: telephony to studio; outside it a resampler's filters are absurd
+MAX_CHANNELS = 256  # mixed down to mono; more is not a recording (a forged header: 65535 channels)
+BLOCK_FRAMES = 1 << 20  # frames read, converted and handed on at a time
+
+
+@dataclass
+class WavInfo:
+    """What a WAV file's header says, checked against the file itself."""
+
+    path: Path
+    tag: int
+    channels: int
+    sample_rate: int
+    bits: int
+    align: int
+    data_offset: int
+    frames: int  # whole frames in the data chunk that the file really holds
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def check_rate(rate, what: str = "sample rate", path: str | Path | None = None) -> int:
+    """A sample rate sherpa-fixed can work with, as an int; BadInputError naming `what` otherwise."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise BadInputError("audio file not found", path=path) from exc
-    except IsADirectoryError as exc:
-        raise BadInputError("is a folder, expected a WAV file", path=path) from exc
-    except OSError as exc:
-        raise BadInputError(f"cannot read ({exc.strerror})", path=path) from exc
-    if not data:
-        raise BadInputError("audio file is empty (0 bytes)", path=path)
-    if len(data) < 12 or data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
-        raise BadInputError("not a WAV file", path=path,
-                            fix="convert it first, e.g. ffmpeg -i INPUT -ar 16000 -ac 1 out.wav")
-    fmt = None
-    payload = None
-    pos = 12
-    while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
-        body = data[pos + 8:pos + 8 + size]
-        if cid == b"fmt ":
-            if len(body) < 16:
-                raise BadInputError("corrupt WAV: short fmt chunk", path=path)
-            tag, channels, rate, _, align, bits = struct.unpack("<HHIIHH", body[:16])
-            if tag == EXTENSIBLE and len(body) >= 26:
-                tag = struct.unpack("<H", body[24:26])[0]
-            fmt = (tag, channels, rate, align, bits)
-        elif cid == b"data":
-            payload = body  # a truncated file gives a short body: we use what is there
-            break
-        pos += 8 + size + (size & 1)
-    if fmt is None or payload is None:
-        raise BadInputError("corrupt WAV: no " + ("fmt" if fmt is None else "data") + " chunk", path=path,
-                            fix="re-export the audio")
-    tag, channels, rate, align, bits = fmt
-    if channels < 1 or rate < 1000 or align < 1:
-        raise BadInputError(f"corrupt WAV header ({channels} channels, {rate} Hz)", path=path)
-    usable = len(payload) // align * align
-    payload = payload[:usable]
-    if tag == PCM and bits in (8, 16, 24, 32):
-        samples = _pcm(payload, bits)
-    elif tag == IEEE_FLOAT and bits in (32, 64):
-        samples = np.frombuffer(payload, dtype="<f4" if bits == 32 else "<f8").astype(np.float32)
-    else:
-        raise BadInputError(f"unsupported WAV encoding (format {tag}, {bits} bits)", path=path,
-                            fix="convert to 16-bit PCM, e.g. ffmpeg -i INPUT -ar 16000 -ac 1 -c:a pcm_s16le out.wav")
-    if samples.size == 0:
+        ok = float(rate) == int(rate) and MIN_RATE <= int(rate) <= MAX_RATE
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise BadInputError(f"{what} {rate!r} is not a sample rate between {MIN_RATE} and {MAX_RATE} Hz", path=path,
+                            fix="give the audio's real rate in Hz (e.g. 16000)")
+    return int(rate)
+
+
+def wav_info(path: str | Path) -> WavInfo:
+    """Walk the RIFF chunks with seeks, reading only headers; refuse what is not a usable WAV."""
+    path = Path(path)
+    fix = "convert it first, e.g. ffmpeg -i INPUT -ar 16000 -ac 1 out.wav"
+    with open_regular(path, what="audio file", fix=fix) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise BadInputError("audio file is empty (0 bytes)", path=path)
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+            raise BadInputError("not a WAV file", path=path, fix=fix)
+        fmt = None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            cid, csize = f.read(4), struct.unpack("<I", f.read(4))[0]
+            if cid == b"fmt ":
+                body = f.read(min(csize, 64))
+                if len(body) < 16:
+                    raise BadInputError("corrupt WAV: short fmt chunk", path=path)
+                tag, channels, rate, _, align, bits = struct.unpack("<HHIIHH", body[:16])
+                if tag == EXTENSIBLE and len(body) >= 26:
+                    tag = struct.unpack("<H", body[24:26])[0]
+                fmt = (tag, channels, rate, align, bits)
+            elif cid == b"data":
+                if fmt is None:
+                    break
+                tag, channels, rate, align, bits = fmt
+                if not 1 <= channels <= MAX_CHANNELS:
+                    raise BadInputError(f"WAV header says {channels} channels; sherpa-fixed mixes 1 to "
+                                        f"{MAX_CHANNELS} down to mono", path=path, fix=fix)
+                check_rate(rate, "WAV header's sample rate", path)
+                if align < 1 or align != channels * ((bits + 7) // 8):
+                    raise BadInputError(f"corrupt WAV header (block align {align} for {channels} x {bits} bits)",
+                                        path=path, fix=fix)
+                if not ((tag == PCM and bits in (8, 16, 24, 32)) or (tag == IEEE_FLOAT and bits in (32, 64))):
+                    raise BadInputError(f"unsupported WAV encoding (format {tag}, {bits} bits)", path=path,
+                                        fix="convert to 16-bit PCM, e.g. ffmpeg -i INPUT -ar 16000 -ac 1 -c:a "
+                                            "pcm_s16le out.wav")
+                # Bounded by the file itself: a truncated file (or a streaming header's 0xFFFFFFFF) gives
+                # what is there, never more.
+                available = min(csize, size - (pos + 8))
+                return WavInfo(path, tag, channels, rate, bits, align, pos + 8, available // align)
+            pos += 8 + csize + (csize & 1)
+    raise BadInputError("corrupt WAV: no " + ("fmt" if fmt is None else "data") + " chunk", path=path,
+                        fix="re-export the audio")
+
+
+def wav_blocks(info: WavInfo, frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
+    """The file's samples as float32 mono blocks of at most `frames` frames: memory is one block."""
+    with open_regular(info.path, what="audio file") as f:
+        f.seek(info.data_offset)
+        left = info.frames
+        while left:
+            n = min(left, frames)
+            payload = f.read(n * info.align)
+            n = len(payload) // info.align
+            if n == 0:
+                return  # the file shrank while we read it: what was there
+            payload = payload[: n * info.align]
+            if info.tag == PCM:
+                samples = _pcm(payload, info.bits)
+            else:
+                samples = np.frombuffer(payload, dtype="<f4" if info.bits == 32 else "<f8").astype(np.float32)
+            samples = samples.reshape(-1, info.channels)
+            mono = samples.mean(axis=1, dtype=np.float32) if info.channels > 1 else samples[:, 0]
+            if not np.all(np.isfinite(mono)):
+                raise BadInputError("audio contains NaN or infinite samples", path=info.path,
+                                    fix="re-export the audio")
+            yield np.ascontiguousarray(mono, dtype=np.float32)
+            left -= n
+
+
+def read_wav(path: str | Path) -> Audio:
+    """Mono float32 samples of a WAV file; BadInputError naming the file and the fix otherwise.
+
+    8/16/24/32-bit PCM and 32/64-bit float, any channel count up to MAX_CHANNELS (averaged). The whole
+    file in memory: callers with long files use wav_info + wav_blocks."""
+    info = wav_info(path)
+    if info.frames == 0:
         raise BadInputError("audio is empty (no samples)", path=path)
-    samples = samples.reshape(-1, channels)
-    mono = samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples[:, 0]
-    if not np.all(np.isfinite(mono)):
-        raise BadInputError("audio contains NaN or infinite samples", path=path, fix="re-export the audio")
-    return Audio(np.ascontiguousarray(mono, dtype=np.float32), rate, channels, path)
+    blocks = list(wav_blocks(info))
+    samples = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+    return Audio(samples, info.sample_rate, info.channels, Path(path))
 
 
 def _pcm(payload: bytes, bits: int) -> np.ndarray:
@@ -113,7 +180,13 @@ def model_rate_samples(n: int, rate: int, model_rate: int = 16000) -> int:
 
 
 def check_decodable(audio: Audio, model_rate: int = 16000, frame_shift_ms: float = 10.0) -> None:
-    """Refuse audio too short for one feature frame; silence is fine (it decodes to nothing).
+    """Refuse audio too short for one feature frame; silence is fine (it decodes to nothing)."""
+    check_length(len(audio.samples), audio.sample_rate, audio.path, model_rate, frame_shift_ms)
+
+
+def check_length(frames: int, rate: int, path: str | Path | None, model_rate: int = 16000,
+                 frame_shift_ms: float = 10.0) -> None:
+    """Refuse `frames` samples at `rate` when they make no feature frame.
 
     kaldi-native-fbank (snip_edges=false, as sherpa-onnx's NeMo front end) makes (n + shift/2) // shift
     frames of n samples, so under half a frame shift (80 samples at 16 kHz) the encoder gets no input
@@ -121,11 +194,11 @@ def check_decodable(audio: Audio, model_rate: int = 16000, frame_shift_ms: float
     """
     shift = round(model_rate * frame_shift_ms / 1000)
     need = shift - shift // 2
-    n = model_rate_samples(len(audio.samples), audio.sample_rate, model_rate)
+    n = model_rate_samples(frames, rate, model_rate)
     if n < need:
-        raise BadInputError(f"audio too short to decode: {len(audio.samples)} samples at {audio.sample_rate} Hz "
-                            f"({audio.seconds * 1000:.1f} ms); one feature frame needs {need / model_rate * 1000:g} "
-                            f"ms ({need} samples at {model_rate} Hz)", path=audio.path,
+        raise BadInputError(f"audio too short to decode: {frames} samples at {rate} Hz "
+                            f"({frames / rate * 1000:.1f} ms); one feature frame needs {need / model_rate * 1000:g} "
+                            f"ms ({need} samples at {model_rate} Hz)", path=path,
                             fix="check that the file was written completely")
 
 

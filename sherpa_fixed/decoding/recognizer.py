@@ -41,7 +41,7 @@ from ..reading.layout import find_layout
 from ..reading.metadata import WINDOW_MARKER, atoi
 from ..reading.onnx_graph import GraphFile, Signature, read_signature
 from ..reading.positional import find_tables
-from .audio import Resampler
+from .audio import Resampler, check_rate
 from .chunker import (
     MergedResult,
     Stitcher,
@@ -58,6 +58,7 @@ from .session_dir import session_model_dir, weights_folder
 DEFAULT_WINDOW_S = 30.0  # dynamic models: the window length for audio too long for one pass
 DEFAULT_WHOLE_S = 90.0  # dynamic models: audio up to this long is one pass (when window_seconds is not given)
 DEFAULT_OVERLAP_S = 2.0
+MAX_WINDOW_S = 600.0  # dynamic models: the longest window_seconds accepted
 DEFAULT_BATCH = 8  # the most windows in one decode_streams call
 DEFAULT_BATCH_SECONDS = 30.0  # ... and by default no more audio than this in one call (see chunking_for)
 
@@ -116,11 +117,20 @@ def chunking_for(encoder: str | os.PathLike, *, sample_rate: int = 16000, frame_
                                 f"({window / sample_rate:g} s)", path=encoder,
                                 fix="leave window_seconds unset for fixed-window encoders")
     else:
+        if window_seconds is not None and window_seconds > MAX_WINDOW_S:
+            raise BadInputError(f"window_seconds={window_seconds:g} is over {MAX_WINDOW_S:g} s; attention over a "
+                                "window costs its square in memory", fix="the default, 30 s, is measured best")
         window = int((window_seconds or DEFAULT_WINDOW_S) * sample_rate) // grid * grid
         if window < grid:
             raise BadInputError(f"window_seconds={window_seconds} is shorter than one output frame "
                                 f"({grid / sample_rate:g} s)")
-    overlap_s = DEFAULT_OVERLAP_S if overlap_seconds is None else overlap_seconds
+    if overlap_seconds is not None and overlap_seconds * sample_rate > window:  # before any rounding of 1e308
+        raise BadInputError(f"overlap_seconds={overlap_seconds:g} must be between 0 and the window "
+                            f"({window / sample_rate:g} s) minus one output frame")
+    if overlap_seconds is None:  # a short fixed window (2 s) gets a quarter of itself, not 2 s it cannot hold
+        overlap_s = min(DEFAULT_OVERLAP_S, window // 4 // grid * grid / sample_rate)
+    else:
+        overlap_s = overlap_seconds
     overlap = round(overlap_s * sample_rate / grid) * grid
     if overlap < 0 or overlap > window - grid:
         raise BadInputError(f"overlap_seconds={overlap_s} must be between 0 and the window "
@@ -158,8 +168,11 @@ def preflight(encoder: str, decoder: str, joiner: str, tokens: str, graphs: list
     from ..reading.measure import measure_signatures
     from ..reading.metadata import sherpa_first_error
     from ..reading.tokens import read_tokens
+    from ..safety.journal import JOURNAL
 
     problem = broken_weights(*(graphs or (encoder, decoder, joiner)))
+    if os.path.lexists(Path(encoder).parent / JOURNAL):
+        problem = (Path(encoder).parent, f"an interrupted sherpa-fixed run left this folder half-changed ({JOURNAL})")
     enc = read_signature(encoder)
     if problem is None:
         dec, joi = read_signature(decoder), read_signature(joiner)
@@ -292,6 +305,10 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
             if any(isinstance(s, OfflineStream) for s in ss):
                 raise TypeError("mix of sherpa_fixed and sherpa_onnx streams in one decode_streams call")
             return super().decode_streams(ss)
+        for i, s in enumerate(ss):  # refused before any decoding: nothing half-done
+            if not s._accepted:
+                raise BadInputError(f"stream {i} of the {len(ss)} given to decode_streams has no audio",
+                                    fix="call accept_waveform on it first, or leave it out")
         delegated = [s for s in ss if s._delegates()]
         for s in delegated:
             if s._too_short():  # no feature frame: sherpa-onnx would raise; there is nothing to hear
@@ -349,6 +366,27 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
             s._absorb(win, results.pop(i))
 
 
+def _mono_samples(waveform) -> np.ndarray:
+    """`waveform` as float32 mono samples; BadInputError naming the argument for what sherpa-onnx would take
+    silently and decode wrongly (several channels flattened into one) or not at all (NaN, infinity)."""
+    try:
+        samples = np.asarray(waveform, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"waveform is not an array of numbers ({exc})") from exc
+    if samples.ndim != 1:
+        if samples.ndim == 2 and 1 in samples.shape:
+            return samples.reshape(-1)  # one channel as a column or a row: nothing to mix
+        raise BadInputError(f"waveform has shape {samples.shape}; accept_waveform takes one channel of samples "
+                            "(1-D)", fix="mix the channels first, e.g. waveform.mean(axis=1) for (samples, "
+                                         "channels)")
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise BadInputError(f"waveform holds NaN or infinite samples (the first at index {i}: {samples[i]})",
+                            fix="check the audio pipeline that produced it")
+    return samples
+
+
 class OfflineStream:
     """What create_stream returns for NeMo transducers: buffers audio, windows it, merges results."""
 
@@ -360,6 +398,7 @@ class OfflineStream:
         self._resampler: Resampler | None = None
         self._original: list[np.ndarray] = []  # kept only while delegation is possible
         self._n_original = 0
+        self._accepted = 0  # samples given to accept_waveform, at their own rate
         self._buf = np.zeros(0, np.float32)  # model-rate samples from _buf_start on
         self._buf_start = 0
         self._n = 0  # model-rate samples accepted
@@ -380,7 +419,9 @@ class OfflineStream:
     def accept_waveform(self, sample_rate: int, waveform) -> None:
         if self._finished:
             raise RuntimeError("accept_waveform after decoding; create a new stream")
-        samples = np.asarray(waveform, dtype=np.float32).reshape(-1)
+        sample_rate = check_rate(sample_rate, "sample_rate")
+        samples = _mono_samples(waveform)
+        self._accepted += len(samples)
         if self._in_rate is None:
             self._in_rate = int(sample_rate)
             if self._in_rate != self._c.sample_rate:

@@ -7,14 +7,17 @@ silence is not an error: sherpa-onnx decodes it, to an empty transcript.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SherpaFixedError
-from .audio import check_decodable, read_wav
+from ..errors import BadInputError, SherpaFixedError
+from ..safety.atomic import ensure_folder, sweep_stale, write_file
+from ..safety.lock import folder_lock
+from .audio import check_length, wav_blocks, wav_info
 
 FRAME_S = 0.08  # a token's span when the model gives no duration (one encoder output frame)
 
@@ -92,9 +95,13 @@ def one_line(exc: BaseException) -> str:
 
 def transcribe_file(recognizer, path: str | Path,
                     progress: Callable[[int, int], None] | None = None) -> FileResult:
+    """Decode one WAV file, read and fed in blocks (a long file is never whole in memory: the drop-in's
+    stream windows it as it arrives); a bad file gives a FileResult with its error, never an exception."""
     try:
-        audio = read_wav(path)
-        check_decodable(audio)
+        info = wav_info(path)
+        if info.frames == 0:
+            raise BadInputError("audio is empty (no samples)", path=path)
+        check_length(info.frames, info.sample_rate, path)
     except SherpaFixedError as exc:
         return FileResult(str(path), False, exc.one_line())
     t = time.perf_counter()
@@ -102,7 +109,8 @@ def transcribe_file(recognizer, path: str | Path,
     if progress is not None and hasattr(stream, "on_progress"):
         stream.on_progress = progress
     try:
-        stream.accept_waveform(audio.sample_rate, audio.samples)
+        for block in wav_blocks(info):
+            stream.accept_waveform(info.sample_rate, block)
         recognizer.decode_stream(stream)
     except SherpaFixedError as exc:
         return FileResult(str(path), False, exc.one_line())
@@ -112,8 +120,23 @@ def transcribe_file(recognizer, path: str | Path,
     elapsed = time.perf_counter() - t
     r = stream.result
     return FileResult(str(path), True, None, r.text, list(r.tokens), list(r.timestamps),
-                      list(getattr(r, "durations", []) or []), audio.seconds, elapsed, audio.sample_rate,
-                      audio.channels)
+                      list(getattr(r, "durations", []) or []), info.seconds, elapsed, info.sample_rate,
+                      info.channels)
+
+
+@contextlib.contextmanager
+def output_folder(path: str | Path) -> Iterator[Callable[[str, str], None]]:
+    """`transcribe -o DIR`: the folder created (a clear line when it cannot be), held by this run alone
+    (safety/lock.py), and a `write(name, text)` that replaces each file atomically (temp file, fsync,
+    rename): a killed run leaves every transcript whole, old or new."""
+    folder = ensure_folder(Path(path))
+    with folder_lock(folder):
+        sweep_stale(folder)
+
+        def write(name: str, text: str) -> None:
+            write_file(folder / name, text.encode("utf-8"))
+
+        yield write
 
 
 def transcript_document(model: str | Path, results: list[FileResult]) -> dict:

@@ -8,11 +8,13 @@ and the recognizer reads the window size from it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
 from ..errors import BadInputError
+from ..safety.journal import JOURNAL
 from . import positional
 from .axes import Port, baking_evidence, ports_for
 from .external_data import ExternalAudit, audit_external_data, mark_shared
@@ -431,6 +433,11 @@ def inspect_folder(
         raise BadInputError(f"no {'/'.join(variants or [])} model set found", path=layout.root)
 
     folder_findings = _tokens_findings(toks, layout)
+    if os.path.lexists(Path(layout.root) / JOURNAL):
+        folder_findings.append(Finding(
+            "error", "folder.interrupted", f"{layout.root}: an interrupted sherpa-fixed run left this folder "
+            f"half-changed ({JOURNAL}), so a loader may see old and new files mixed; the next sherpa-fixed "
+            "prepare or quantize of it finishes or undoes that run first", "prepare"))
     for model, code, message in mark_shared(audits):
         folder_findings.append(Finding("warning", code, f"{model.name}: {message}", None, model.name))
     _cross_variant(reports, folder_findings)

@@ -140,6 +140,10 @@ def load_graph(path: str | Path) -> GraphFile:
                 pinned.close()
                 pinned = None
         if model is None:
+            if size > (2 << 30):  # protobuf cannot hold it: reading it whole would only fail, at 2 GB+ of memory
+                raise BadInputError(f"{size:,} bytes, over protobuf's 2 GiB limit, and not readable as an ONNX "
+                                    "model", path=path, fix="the file is corrupt or not ONNX; re-export or "
+                                    "re-download it")
             model = ModelProto.FromString(path.read_bytes())
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise BadInputError(

@@ -13,6 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..safety.bounded import read_text_bounded
+
+RECIPE_LIMIT = 1 << 20  # a recipe is a few lines of JSON
 
 MATCH_KEYS = (
     "feat_dim",
@@ -68,7 +71,7 @@ def _load(folders: tuple[Path, ...]) -> tuple[Recipe, ...]:
     for folder in folders:
         for path in sorted(folder.glob("*.json")):
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(read_text_bounded(path, RECIPE_LIMIT, what="recipe"))
                 unknown = set(data.get("match", {})) - set(MATCH_KEYS)
                 if unknown:
                     raise ValueError(f"unknown match keys {sorted(unknown)}")

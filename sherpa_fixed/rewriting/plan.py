@@ -29,6 +29,7 @@ from .weights import ONNX_THRESHOLD
 from .windowing import DEFAULT_DYNAMIC_WINDOW_S, MAX_WINDOW_S, WindowParams, window_params
 
 PROTOBUF_LIMIT = (2 << 30) - (64 << 20)  # 2 GiB, with room for the graph itself
+MAX_ONE_PASS_S = 86_400.0  # --max-seconds: a day; a d_model 1024 table that long would be 8.8 GB anyway
 
 
 @dataclass
@@ -278,8 +279,9 @@ def _plan_posenc(fp: FilePlan, v: VariantReport, max_seconds: float, warnings: l
     if time is not None and time.fixed:
         raise BadInputError(f"--max-seconds is for dynamic encoders; this one's time axis is fixed at {time.size} "
                             "frames", path=fp.graph.path, fix="use prepare --window for static-shape encoders")
-    if not (math.isfinite(max_seconds) and max_seconds > 0):
-        raise BadInputError(f"--max-seconds {max_seconds} must be a finite number of seconds above 0")
+    if not (math.isfinite(max_seconds) and 0 < max_seconds <= MAX_ONE_PASS_S):
+        raise BadInputError(f"--max-seconds {max_seconds:g} must be above 0 and at most {MAX_ONE_PASS_S:g} s",
+                            fix="for longer audio use prepare --window (bounded memory at any length)")
     sf = v.measured.get("subsampling_factor") or 8
     tables = positional.find_tables(fp.graph.model.graph)
     if not tables:

@@ -56,6 +56,30 @@ def write_temp(final: Path, data: bytes, durable: bool = True) -> Path:
     return tmp
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing entries in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the
+    kernel, libc or file system cannot, so the caller falls back to two renames."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
 def write_file(final: Path, data: bytes, mode: int | None = None) -> None:
     """Replace `final` with `data` atomically and durably: temp file, fsync, rename, fsync of the folder."""
     final = Path(final)
@@ -102,18 +126,28 @@ def disk_error(exc: OSError, path: Path) -> BadInputError:
 
 
 def sweep_stale(folder: Path) -> list[Path]:
-    """Remove temp/backup files left by runs that were killed (their pid no longer exists)."""
+    """Remove temp/backup files left by runs that were killed (their pid no longer exists).
+
+    An output folder set aside to be replaced (`.sf-old-...-NAME`) whose replacement never arrived
+    (NAME is missing: the run died between its two renames, where no atomic exchange was possible)
+    is put back, not removed."""
     removed = []
     for p in folder.iterdir():
         if not is_ours(p.name):
             continue
-        parts = p.name[len(PREFIX):].split("-", 2)
+        parts = p.name[len(PREFIX):].split("-", 3)
         try:
             pid = int(parts[1])
         except (IndexError, ValueError):
             continue
         if pid == os.getpid() or _alive(pid):
             continue
+        if parts[0] == "old" and len(parts) == 4 and parts[3] and not os.path.lexists(folder / parts[3]):
+            try:
+                os.replace(p, folder / parts[3])
+                continue
+            except OSError:
+                pass
         # Every graph was replaced by an atomic rename, so the folder is complete without these;
         # a backup only matters to the live run that made it.
         try:

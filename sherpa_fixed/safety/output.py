@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import BadInputError
-from .atomic import PREFIX, check_writable, disk_error, fsync_dir, sweep_stale, temp_path
+from .atomic import PREFIX, check_writable, disk_error, exchange, fsync_dir, sweep_stale, temp_path
 from .bounded import read_bounded
 from .confine import is_inside
 
@@ -104,6 +104,12 @@ def check_output(source: Path | None, output: Path, force: bool, *, what: str = 
                                 fix="move those files away or choose a new folder; nothing was changed")
 
 
+class _Changed(BadInputError):
+    def __init__(self, output: Path):
+        super().__init__("the output folder changed while sherpa-fixed was writing", path=output,
+                         fix="run again once nothing else writes there; nothing was changed")
+
+
 @dataclass
 class StagedOutput:
     """A hidden folder beside `output` that becomes `output` on `commit()`; see the module docstring."""
@@ -131,17 +137,21 @@ class StagedOutput:
         fsync_dir(self.staging)
         check_output(self.source, self.output, self.force)
         try:
-            if os.path.lexists(self.output):
-                old = temp_path(self.output, "old")
+            if not os.path.lexists(self.output):
+                os.replace(self.staging, self.output)
+            elif exchange(self.staging, self.output):  # one atomic step: a kill leaves old or new in place
+                if foreign_entries(self.staging):  # written into after our check: swap back, keep it all
+                    exchange(self.staging, self.output)
+                    raise _Changed(self.output)
+                shutil.rmtree(self.staging, ignore_errors=True)
+            else:
+                old = temp_path(self.output, "old")  # a kill in between is undone by sweep_stale
                 os.replace(self.output, old)
-                if foreign_entries(old):  # something was written into it after our check: put it back
+                if foreign_entries(old):
                     os.replace(old, self.output)
-                    raise BadInputError("the output folder changed while sherpa-fixed was writing", path=self.output,
-                                        fix="run again once nothing else writes there; nothing was changed")
+                    raise _Changed(self.output)
                 os.replace(self.staging, self.output)
                 shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(self.staging, self.output)
         except OSError as exc:
             raise disk_error(exc, self.output) from exc
         fsync_dir(self.parent)
