@@ -31,8 +31,11 @@ class SherpaFixedError(Exception):
         return text.replace("\n", " ")
 
 
-class BadInputError(SherpaFixedError):
-    """The input cannot be used at all: missing, corrupt, or not a NeMo transducer."""
+class BadInputError(SherpaFixedError, ValueError):
+    """The input cannot be used at all: missing, corrupt, or not a NeMo transducer.
+
+    A ValueError too, so Python callers can catch bad arguments the way they catch numpy's or
+    sherpa-onnx's; the message names the argument or file."""
 
     exit_code = EXIT_BAD_INPUT
 

@@ -89,6 +89,8 @@ def _read_reference(path: Path) -> dict:
     """Parse and shape-check a reference, so a wrong file is one line (exit 2), never a crash later on."""
     try:
         data = json.loads(read_text_bounded(path, 4 << 20, what="reference layout", fix=_choose()))
+    except BadInputError:
+        raise
     except ValueError as exc:
         raise BadInputError("not a reference layout: not JSON", path=path, fix=_choose()) from exc
     problem = _shape_problem(data)

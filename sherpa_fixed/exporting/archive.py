@@ -132,6 +132,9 @@ def _open(path: Path) -> tuple[tarfile.TarFile, bool]:
         return tarfile.open(fileobj=_BoundedReads(inner, f), mode="r:"), compressed
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         f.close()
+        if isinstance(exc, _HeaderBomb):
+            raise BadInputError(f"corrupt .nemo archive ({exc})", path=path,
+                                fix="this is not a checkpoint NeMo's save_to() wrote; " + REREAD) from exc
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a tar archive"
         raise BadInputError(f"not a .nemo checkpoint ({reason})", path=path,
                             fix="a .nemo file is the tar archive NeMo's save_to() writes; check the path, or "

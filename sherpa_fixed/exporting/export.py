@@ -41,6 +41,7 @@ import numpy as np
 from .. import __version__
 from ..errors import EXIT_NEEDS_FIX, EXIT_OK, BadInputError
 from ..safety.atomic import check_free_space, disk_error
+from ..safety.lock import DEFAULT_WAIT
 from ..safety.output import check_output, staged_output
 from ..safety.session import writing
 from .archive import classify, extract_members, parse_config, read_archive, refuse_unsupported
@@ -172,6 +173,7 @@ def export_nemo(
     threads: int = 1,
     progress: Progress | None = None,
     notice: Notice | None = None,
+    wait: float = DEFAULT_WAIT,
 ) -> ExportResult:
     """Export a .nemo transducer to a sherpa-onnx folder at `output`; see the module docstring."""
     t0 = time.perf_counter()
@@ -195,7 +197,8 @@ def export_nemo(
     config = parse_config(archive)
     kind, cls = classify(config)
     refuse_unsupported(kind, cls, source)
-    with writing(source, output=out), staged_output(out, source=source, force=force, command="export") as staged:
+    with writing(source, output=out, wait=wait), \
+            staged_output(out, source=source, force=force, command="export") as staged:
         check_free_space(out.parent, bytes_needed(archive.weights_bytes, int8, archive.needed_bytes))
         return _export(archive, kind, staged, int8=int8, static_frames=static_frames, check=check, audio=audio,
                        threads=threads, progress=progress, say=say, t0=t0)

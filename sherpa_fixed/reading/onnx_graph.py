@@ -145,6 +145,8 @@ def load_graph(path: str | Path) -> GraphFile:
                                     "model", path=path, fix="the file is corrupt or not ONNX; re-export or "
                                     "re-download it")
             model = ModelProto.FromString(path.read_bytes())
+    except BadInputError:
+        raise
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise BadInputError(
             f"not a readable ONNX file ({type(exc).__name__}: {(str(exc).splitlines() or ['parse error'])[0]})",
@@ -349,6 +351,8 @@ def read_signature(path: str | Path) -> Signature:
                                     break
         finally:
             pinned.close()
+    except BadInputError:
+        raise
     except (OSError, ValueError, DecodeError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise BadInputError("file not found", path=path, fix="check the path") from exc

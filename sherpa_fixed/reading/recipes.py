@@ -77,6 +77,8 @@ def _load(folders: tuple[Path, ...]) -> tuple[Recipe, ...]:
                     raise ValueError(f"unknown match keys {sorted(unknown)}")
                 recipe = Recipe(data["family"], data.get("description", ""), dict(data["match"]),
                                 dict(data.get("metadata", {})), path)
+            except BadInputError:
+                raise
             except (ValueError, KeyError, TypeError) as exc:
                 raise BadInputError(f"broken recipe ({exc})", path=path, fix="fix or remove the file") from exc
             recipes.setdefault(recipe.family, recipe)
