@@ -20,6 +20,7 @@ from sherpa_fixed.reading.onnx_graph import external_info, load_graph, uses_exte
 from sherpa_fixed.rewriting.prepare import prepare_folder
 from sherpa_fixed.rewriting.verify import byte_proof
 from sherpa_fixed.rewriting.weights import set_external
+from sherpa_fixed.safety.output import MARKER
 
 from .test_prepare import assert_bit_identical, outputs, snapshot
 
@@ -78,7 +79,7 @@ def test_default_prepare_succeeds_with_both_proofs_and_sherpa_decodes(torch_fold
     assert {"run", "bytes", "sherpa"} <= set(kinds) and all(c.ok for c in result.checks)
     assert "identical graph" in kinds["bytes"].detail
     assert snapshot(torch_folder) == snap  # the source is never touched
-    assert {p.name for p in out.iterdir()} == SMALL | {"encoder.weights"}
+    assert {p.name for p in out.iterdir()} == SMALL | {"encoder.weights", MARKER}
     # The Constant now lives in encoder.weights, and its bytes are the original's.
     moved = external_constants(onnx.load(str(out / "encoder.onnx"), load_external_data=False))[name]
     assert external_info(moved)["location"] == "encoder.weights"
