@@ -21,16 +21,17 @@ from sherpa_fixed.reading.findings import WORKS
 from sherpa_fixed.reading.inspector import inspect_folder
 from sherpa_fixed.safety.atomic import sweep_stale
 from sherpa_fixed.safety.journal import JOURNAL
-from sherpa_fixed.safety.output import MARKER
 from sherpa_fixed.safety.session import writing
 from sherpa_fixed.testing import ModelSpec, write_model_folder
 
 from .conftest import REPO
+from .test_adversarial_export import build, bypass_payload, tree
 
 HOOK = r"""
 import os, signal, sys
 import sherpa_fixed.safety.atomic as atomic
 k, n, after = int(os.environ["KILL_AT"]), [0], os.environ.get("KILL_AFTER") == "1"
+on = os.environ.get("KILL_ON", "rename")  # rename: os.replace and exchange; exchange: the exchange only
 def counted(fn):
     def wrapper(*a, **kw):
         n[0] += 1
@@ -41,7 +42,8 @@ def counted(fn):
             os.kill(os.getpid(), signal.SIGKILL)
         return out
     return wrapper
-os.replace = counted(os.replace)
+if on == "rename":
+    os.replace = counted(os.replace)
 atomic.exchange = counted(atomic.exchange)
 import sherpa_fixed.safety.output as output
 output.exchange = atomic.exchange
@@ -51,8 +53,8 @@ main()
 """
 
 
-def run_killed(k: int, *args, after: bool = False) -> int:
-    env = dict(os.environ, PYTHONPATH=str(REPO), KILL_AT=str(k), KILL_AFTER="1" if after else "0")
+def run_killed(k: int, *args, after: bool = False, on: str = "rename") -> int:
+    env = dict(os.environ, PYTHONPATH=str(REPO), KILL_AT=str(k), KILL_AFTER="1" if after else "0", KILL_ON=on)
     return subprocess.run([sys.executable, "-c", HOOK, *map(str, args)], env=env, capture_output=True).returncode
 
 
@@ -99,33 +101,27 @@ def test_quantize_in_place_killed_at_every_rename(tmp_path):
 
 
 @pytest.mark.export
-def test_export_force_killed_at_its_commit(tmp_path):
-    """--force over an earlier export: killed before, at and after the exchange of the two folders,
-    OUT_DIR is always one whole export (the old or the new), and nothing else is left behind after a rerun."""
-    nemo = REPO / "tests" / "data" / "speech" / "model.nemo"
+def test_export_force_of_a_hostile_archive_killed_at_its_commit(tmp_path):
+    """--force over an earlier export, from a genuine checkpoint carrying the CVE-2025-4517 payload shape:
+    killed just before and just after the exchange of the two folders, OUT_DIR is always one whole export
+    (the old, then the new), the payload is never extracted, and nothing outside OUT_DIR changes."""
+    victim = tmp_path / "victim" / "secret.txt"
+    victim.parent.mkdir()
+    victim.write_text("mine")
+    nemo = build(tmp_path / "hostile.nemo", extra=bypass_payload(victim))
     out = tmp_path / "out"
-    # The earlier export has a static 8 s encoder: same file names, other bytes.
+    # The earlier export has a static 8 s encoder: the same file names, other bytes.
     assert run_killed(10**9, "export", nemo, out, "--no-check", "--static-frames", "800") == 0
     names = sorted(p.name for p in out.iterdir())
     old = digest(out, names)
-    # Count the renames of a full --force run, to kill at its last two (the exchange, and the one before).
-    env = dict(os.environ, PYTHONPATH=str(REPO), KILL_AT="0")
-    code = HOOK.replace("main()", "import atexit; atexit.register(lambda: print('RENAMES', n[0]))\nmain()")
-    p = subprocess.run([sys.executable, "-c", code, "export", str(nemo), str(out), "--no-check", "--force"],
-                       env=env, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    total = int(p.stdout.split("RENAMES")[-1])
-    new = digest(out, names)
-    assert MARKER in names and old["encoder.onnx"] != new["encoder.onnx"]
-    # back to the old export, then kill the --force run just before the commit's exchange and just after it
-    assert run_killed(10**9, "export", nemo, out, "--no-check", "--static-frames", "800", "--force") == 0
-    states = []
-    for after in (False, True):
-        assert run_killed(total, "export", nemo, out, "--no-check", "--force", after=after) != 0
-        assert sorted(p.name for p in out.iterdir()) == names
-        now = digest(out, names)
-        assert now in (old, new), f"kill {'after' if after else 'before'} the exchange: OUT_DIR is not one export"
-        states.append("new" if now == new else "old")
-    assert states == ["old", "new"]
+    before = tree(tmp_path, skip=out)
+    assert run_killed(1, "export", nemo, out, "--no-check", "--force", on="exchange") != 0
+    assert digest(out, names) == old  # killed before the exchange: the old export, whole
+    assert run_killed(1, "export", nemo, out, "--no-check", "--force", on="exchange", after=True) != 0
+    now = digest(out, names)  # killed after it: the new export, whole
+    assert sorted(p.name for p in out.iterdir()) == names and now["encoder.onnx"] != old["encoder.onnx"]
+    assert inspect_folder(out).verdict.code == WORKS
     sweep_stale(tmp_path)  # what the next run does first: the dead runs' staging folders go
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".sf-")]
+    assert tree(tmp_path, skip=out) == before and victim.read_text() == "mine"
+    assert not any(p.is_symlink() for p in out.iterdir())
