@@ -184,6 +184,28 @@ def check_decodable(audio: Audio, model_rate: int = 16000, frame_shift_ms: float
     check_length(len(audio.samples), audio.sample_rate, audio.path, model_rate, frame_shift_ms)
 
 
+def mono_samples(waveform, name: str = "waveform") -> np.ndarray:
+    """`waveform` (the argument called `name`) as float32 mono samples; a BadInputError naming the argument
+    for what sherpa-onnx would take silently and decode wrongly (several channels flattened into one) or
+    not at all (NaN, infinity)."""
+    try:
+        samples = np.asarray(waveform, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"{name} is not an array of numbers ({exc})") from exc
+    if samples.ndim != 1:
+        if samples.ndim == 2 and 1 in samples.shape:
+            return samples.reshape(-1)  # one channel as a column or a row: nothing to mix
+        raise BadInputError(f"{name} has shape {samples.shape}; accept_waveform takes one channel of samples "
+                            "(1-D)", fix=f"mix the channels first, e.g. {name}.mean(axis=1) for (samples, "
+                                         "channels)")
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise BadInputError(f"{name} holds NaN or infinite samples (the first at index {i}: {samples[i]})",
+                            fix="check the audio pipeline that produced it")
+    return samples
+
+
 def check_length(frames: int, rate: int, path: str | Path | None, model_rate: int = 16000,
                  frame_shift_ms: float = 10.0) -> None:
     """Refuse `frames` samples at `rate` when they make no feature frame.

@@ -41,7 +41,7 @@ from ..reading.layout import find_layout
 from ..reading.metadata import WINDOW_MARKER, atoi
 from ..reading.onnx_graph import GraphFile, Signature, read_signature
 from ..reading.positional import find_tables
-from .audio import Resampler, check_rate
+from .audio import Resampler, check_rate, mono_samples
 from .chunker import (
     MergedResult,
     Stitcher,
@@ -53,6 +53,7 @@ from .chunker import (
     window_samples,
     window_tokens,
 )
+from .preflight import preflight
 from .session_dir import session_model_dir, weights_folder
 
 DEFAULT_WINDOW_S = 30.0  # dynamic models: the window length for audio too long for one pass
@@ -156,53 +157,6 @@ def positional_frames(encoder: GraphFile) -> int | None:
     """The encoder's positional limit in output frames (its rel-pos table), None when it has none."""
     tables = find_tables(encoder.model.graph)
     return min(t.max_frames for t in tables) if tables else None
-
-
-def preflight(encoder: str, decoder: str, joiner: str, tokens: str, graphs: list | None = None) -> Signature:
-    """Raise what sherpa-onnx would refuse, before it can: it reports a bad model by exit(-1),
-    which would end the whole Python process (csrc/macros.h, SHERPA_ONNX_EXIT).
-
-    Reads the three signatures and graph skeletons only (never a weight: onnx_graph.load_graph leaves
-    large inline tensors in the file); returns the encoder's signature for chunking_for.
-    graphs: the three models' GraphFiles when the caller has loaded them already."""
-    from ..reading.measure import measure_signatures
-    from ..reading.metadata import sherpa_first_error
-    from ..reading.tokens import read_tokens
-    from ..safety.journal import JOURNAL
-
-    problem = broken_weights(*(graphs or (encoder, decoder, joiner)))
-    if os.path.lexists(Path(encoder).parent / JOURNAL):
-        problem = (Path(encoder).parent, f"an interrupted sherpa-fixed run left this folder half-changed ({JOURNAL})")
-    enc = read_signature(encoder)
-    if problem is None:
-        dec, joi = read_signature(decoder), read_signature(joiner)
-        error = sherpa_first_error(enc.metadata, measure_signatures(enc, dec, joi), read_tokens(tokens))
-        problem = (Path(encoder), f"sherpa-onnx would refuse this model: {error}") if error else None
-    if problem is not None:
-        from ..reading.findings import advice_for  # the advice inspect and prepare give (issue 11)
-
-        steps = advice_for([encoder, decoder, joiner], encoder=encoder, decoder=decoder, joiner=joiner, tokens=tokens)
-        raise BadInputError(problem[1], path=problem[0], fix="; ".join(steps) or None)
-    return enc
-
-
-def broken_weights(*models) -> tuple[Path, str] | None:
-    """(model, why) for external data that resolves outside a model's folder, or that no loader can read
-    (missing, cut short, at a forged offset): never handed to onnxruntime (safety/confine.py,
-    external_data.BROKEN). None when every model's weights are fine.
-
-    models: paths or already loaded GraphFiles."""
-    from ..reading.external_data import audit_external_data
-    from ..reading.onnx_graph import GraphFile, load_graph
-
-    for m in models:
-        g = m if isinstance(m, GraphFile) else load_graph(m)
-        audit = audit_external_data(g)
-        for ref, f in audit.outside:
-            return g.path, f"tensor {ref.tensor!r} has external location {ref.location!r}, which {f.outside}"
-        if audit.broken:  # onnxruntime would read past an end or at a forged offset (or abort)
-            return g.path, audit.broken[0]
-    return None
 
 
 def _absolute(path):
@@ -366,27 +320,6 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
             s._absorb(win, results.pop(i))
 
 
-def _mono_samples(waveform) -> np.ndarray:
-    """`waveform` as float32 mono samples; BadInputError naming the argument for what sherpa-onnx would take
-    silently and decode wrongly (several channels flattened into one) or not at all (NaN, infinity)."""
-    try:
-        samples = np.asarray(waveform, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise BadInputError(f"waveform is not an array of numbers ({exc})") from exc
-    if samples.ndim != 1:
-        if samples.ndim == 2 and 1 in samples.shape:
-            return samples.reshape(-1)  # one channel as a column or a row: nothing to mix
-        raise BadInputError(f"waveform has shape {samples.shape}; accept_waveform takes one channel of samples "
-                            "(1-D)", fix="mix the channels first, e.g. waveform.mean(axis=1) for (samples, "
-                                         "channels)")
-    bad = ~np.isfinite(samples)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise BadInputError(f"waveform holds NaN or infinite samples (the first at index {i}: {samples[i]})",
-                            fix="check the audio pipeline that produced it")
-    return samples
-
-
 class OfflineStream:
     """What create_stream returns for NeMo transducers: buffers audio, windows it, merges results."""
 
@@ -420,7 +353,7 @@ class OfflineStream:
         if self._finished:
             raise RuntimeError("accept_waveform after decoding; create a new stream")
         sample_rate = check_rate(sample_rate, "sample_rate")
-        samples = _mono_samples(waveform)
+        samples = mono_samples(waveform, "waveform")
         self._accepted += len(samples)
         if self._in_rate is None:
             self._in_rate = int(sample_rate)
