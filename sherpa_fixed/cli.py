@@ -112,10 +112,14 @@ def model_file_options(fn):
 @click.option("--probe", is_flag=True,
               help="Also run the encoder in onnxruntime (loads its weights) to prove whether a fixed time "
                    "or batch size is baked into the graph, and to measure the subsampling factor.")
+@click.option("--sherpa-onnx", "sherpa_onnx", metavar="VERSION",
+              help="Say how this sherpa-onnx release (the one your binding pins, e.g. 1.12.14) loads each model "
+                   "set: from any working directory, only from the model folder, or not at all, and why "
+                   "(docs/runtimes.md). Exit 1 unless it loads from any working directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema: docs/inspect-json.md).")
 @click.option("-v", "--verbose", is_flag=True, help="Show outputs, every measurement and info findings.")
 @handle_errors
-def inspect_cmd(paths, encoder, decoder, joiner, tokens, variants, probe, as_json, verbose):
+def inspect_cmd(paths, encoder, decoder, joiner, tokens, variants, probe, sherpa_onnx, as_json, verbose):
     """Report what sherpa-onnx will do with a NeMo export, without loading its weights.
 
     PATHS is a model folder (the 0.6B layout: encoder/decoder/joiner .onnx and
@@ -126,18 +130,22 @@ def inspect_cmd(paths, encoder, decoder, joiner, tokens, variants, probe, as_jso
     and a verdict says whether the folder works as is, needs `prepare`, needs
     the windowed recognizer, or cannot work.
 
-    Exit code: 0 works as is, 1 needs fixing, 2 unusable input.
+    Without --sherpa-onnx, each model set's report names the oldest sherpa-onnx
+    release that loads it from any working directory.
+
+    Exit code: 0 works as is, 1 needs fixing (or --sherpa-onnx's release will not
+    load it from any working directory), 2 unusable input.
     """
     from .reading.inspector import inspect_folder
     from .render import render_report
 
     report = inspect_folder(list(paths), probe=probe, encoder=encoder, decoder=decoder, joiner=joiner,
-                            tokens=tokens, variants=list(variants) or None)
+                            tokens=tokens, variants=list(variants) or None, sherpa_onnx=sherpa_onnx)
     if as_json:
         emit_json(report.to_json())
     else:
         click.echo(render_report(report, verbose=verbose))
-    sys.exit(report.verdict.exit_code)
+    sys.exit(report.exit_code)
 
 
 class _Bar:
@@ -193,10 +201,15 @@ class _Bar:
               help="With --window: seconds between window starts (window = hop + 2 x context).")
 @click.option("--context", type=Seconds(zero_ok=True),
               help="With --window: seconds of audio each kept stretch has on each side (default 1).")
+@click.option("--sherpa-onnx", "sherpa_onnx", metavar="VERSION",
+              help="Write the layout this sherpa-onnx release (the one your binding pins) loads from any working "
+                   "directory: self-contained files for releases that resolve external weights against the "
+                   "working directory (<= 1.12.35); refused, naming what works, where no layout does "
+                   "(docs/runtimes.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @handle_errors
 def prepare_cmd(model_dir, output, in_place, dry_run, inline, force, verify, window, window_seconds, max_seconds,
-                hop, context, as_json):
+                hop, context, sherpa_onnx, as_json):
     """Rewrite MODEL_DIR so stock sherpa-onnx accepts it.
 
     Fixes the encoder metadata (fp32 and int8) from what the graphs measure,
@@ -216,7 +229,7 @@ def prepare_cmd(model_dir, output, in_place, dry_run, inline, force, verify, win
     try:
         result = prepare_folder(model_dir, output=output, in_place=in_place, dry_run=dry_run, inline=inline,
                                 force=force, verify=verify, progress=bar, window=window, hop=hop, context=context,
-                                window_seconds=window_seconds, max_seconds=max_seconds)
+                                window_seconds=window_seconds, max_seconds=max_seconds, sherpa_onnx=sherpa_onnx)
     finally:
         bar.close()
     if as_json:

@@ -65,13 +65,32 @@ def render_variant(v: VariantReport, verbose: bool = False) -> list[str]:
         lines.append(f"  sherpa-onnx as is would say: {v.sherpa_error}")
     shown = [f for f in v.findings if verbose or f.severity != "info" or f.code in (
         "encoder.max_length", "encoder.windowed")]
-    shown = [f for f in shown if not f.code.startswith("metadata.")]  # already in the table above
+    # metadata findings are in the table above (a duplicated key is not: it has no row of its own)
+    shown = [f for f in shown if not f.code.startswith("metadata.") or f.code == "metadata.duplicate"]
     if shown:
         lines.append("  findings:")
         for f in shown:
             fix = f" ({WHO_FIXES.get(f.fix, f.fix)})" if f.fix and f.severity == "error" else ""
             lines.append(f"    {MARK[f.severity]} {f.message}{fix}")
     lines.append(f"  verdict [{v.name}]: {v.verdict.text}")
+    lines += render_runtimes(v)
+    return lines
+
+
+def render_runtimes(v: VariantReport) -> list[str]:
+    """Which sherpa-onnx releases load the set (docs/runtimes.md), and how the one asked about does."""
+    rt = v.runtimes or {}
+    oldest = rt.get("oldest_release")
+    lines = [f"  runtimes [{v.name}]: " + (f"sherpa-onnx >= {oldest} loads it from any working directory"
+                                          if oldest else "no measured sherpa-onnx release loads it from any "
+                                          "working directory")]
+    asked = rt.get("requested")
+    if asked:
+        mark = "✓" if asked["loads"] == "anywhere" else "✗"
+        where = {"anywhere": "loads it from any working directory", "model_folder": "loads it only when the "
+                 "working directory is the model folder", "never": "does not load it"}[asked["loads"]]
+        lines.append(f"  {mark} sherpa-onnx {asked['version']} {where}: {asked['why']}")
+        lines += [f"    ! {w}" for w in asked["warnings"]]
     return lines
 
 

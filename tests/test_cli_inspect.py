@@ -56,10 +56,11 @@ def _normalise(path: str) -> str:
 
 def test_every_json_key_is_documented(make_folder):
     folder = make_folder(external="single", int8=True, int8_external="shared", time="declared")
-    code, out, _ = run("inspect", folder, "--json", "--probe")
+    code, out, _ = run("inspect", folder, "--json", "--probe", "--sherpa-onnx", "2.0.1")
     data = json.loads(out)
     assert data["schema"] == "sherpa-fixed/inspect" and data["schema_version"] == 1
     assert data["verdict"]["exit_code"] == code
+    assert data["variants"][0]["runtimes"]["requested"]["version"] == "2.0.1"
     documented = set(re.findall(r"^\| `([^`]+)` \|", DOC.read_text(), re.M))
     emitted = {_normalise(p) for p in _paths(data)}
     assert emitted - documented == set()
@@ -92,7 +93,8 @@ def test_variant_filter(make_folder):
 def test_help_explains_exit_codes():
     code, out, _ = run("inspect", "--help")
     assert code == 0
-    assert "Exit code: 0 works as is, 1 needs fixing, 2 unusable input." in " ".join(out.split())
+    assert ("Exit code: 0 works as is, 1 needs fixing (or --sherpa-onnx's release will not load it from any "
+            "working directory), 2 unusable input.") in " ".join(out.split())
 
 
 def test_prepare_json_reports_changes_and_checks(make_folder, tmp_path):

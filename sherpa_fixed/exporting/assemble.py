@@ -3,9 +3,10 @@
 torch writes a >2 GiB encoder as one external file per tensor (637 for the
 1.1B) and a smaller one with every tensor inline; both become `encoder.onnx`
 plus ONE `encoder.weights` (the layout of upstream's export_onnx.py, which
-saves the encoder with `location="encoder.weights"`), with tensors under
-1 KiB kept inline as onnx.save does (sherpa-onnx <= 1.12.35 fails on small
-external initializers). Bytes are moved by `rewriting.weights`
+saves the encoder with `location="encoder.weights"`), with the tensors
+onnxruntime 1.17's optimisers read kept inline (under 1 KiB, as onnx.save does,
+and the float 4-D Conv weights: sherpa-onnx <= 1.12.20 fails on those external
+from any folder; reading/runtimes.py). Bytes are moved by `rewriting.weights`
 (`write_weights_file`: kernel copies, bounded buffers), so a 4 GB encoder
 never sits in memory. The decoder and joiner are small and self-contained;
 they are moved as NeMo wrote them.
@@ -21,6 +22,7 @@ import onnx
 
 from ..errors import BadInputError
 from ..reading.onnx_graph import graph_tensors, uses_external_data
+from ..reading.runtimes import optimizer_reads
 from ..rewriting.weights import ONNX_THRESHOLD, WeightMove, plan_moves, set_inline, write_weights_file
 
 WEIGHTS_NAME = "encoder.weights"
@@ -47,15 +49,16 @@ def write_encoder(raw: Path, out_dir: Path, metadata: dict[str, str], progress: 
         p = model.metadata_props.add()
         p.key, p.value = key, str(value)
     external = plan_moves(model, raw)
-    small = [mv for mv in external if mv.length < ONNX_THRESHOLD]
+    reads = optimizer_reads(model)  # small tensors and 4-D Conv weights stay inline (reading/runtimes.py)
+    small = [mv for mv in external if reads(mv.tensor, mv.length)]
     _read_small(small)
-    moves = [mv for mv in external if mv.length >= ONNX_THRESHOLD]
+    moves = [mv for mv in external if not reads(mv.tensor, mv.length)]
     # Inline tensors torch left in the graph (all of them below 2 GiB) join the weights file too, except
     # Constant-node values: onnx.save keeps those inline (convert_attribute=False) and so do we.
     external_ids = {id(mv.tensor) for mv in external}
     for t in model.graph.initializer:
         if id(t) not in external_ids and not uses_external_data(t) and t.HasField("raw_data") \
-                and len(t.raw_data) >= ONNX_THRESHOLD:
+                and len(t.raw_data) >= ONNX_THRESHOLD and not reads(t, len(t.raw_data)):
             moves.append(WeightMove(t, None, 0, len(t.raw_data)))
     total = sum(mv.length for mv in moves)
     done = [0]

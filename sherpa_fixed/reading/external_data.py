@@ -210,8 +210,8 @@ def audit_external_data(g: GraphFile) -> ExternalAudit:
     if small:
         problems.append(("external.small_tensors", f"{len(small)} tensors under {SMALL_TENSOR} bytes are stored "
                          "externally (e.g. " + ", ".join(repr(r.tensor) for r in small[:3]) + "); sherpa-onnx <= "
-                         "1.12.35 then fails with 'model_path must not be empty' from any folder; onnx.save keeps "
-                         "them inline"))
+                         "1.12.20 (onnxruntime 1.17) then fails with 'model_path must not be empty' from any "
+                         "folder (docs/runtimes.md); onnx.save keeps them inline"))
     if len(by_location) > SCATTERED_THRESHOLD:
         problems.append(("external.scattered", f"weights are scattered over {len(by_location)} files "
                          f"(one per tensor, as torch.onnx writes models over 2 GiB); sherpa-fixed prepare "

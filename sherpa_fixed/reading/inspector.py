@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import BadInputError
 from ..safety.journal import JOURNAL
-from . import positional
+from . import positional, runtimes
 from .axes import Port, baking_evidence, ports_for
 from .external_data import ExternalAudit, audit_external_data, mark_shared
 from .findings import Finding, Verdict, verdict_of, worst
@@ -87,6 +87,7 @@ class VariantReport:
     verdict: Verdict
     window: dict | None = None  # set for encoders windowed by prepare --window
     positional: dict | None = None  # the dynamic encoder's positional limit (positional.py)
+    runtimes: dict | None = None  # which sherpa-onnx releases load this set (runtimes.py)
 
     @property
     def encoder(self) -> ModelReport:
@@ -110,6 +111,7 @@ class VariantReport:
             "probe": self.probe.to_json() if self.probe else None,
             "window": self.window,
             "positional_limit": self.positional,
+            "runtimes": self.runtimes,
             "findings": [f.to_json() for f in self.findings],
         }
 
@@ -127,6 +129,15 @@ class FolderReport:
 
     def variant(self, name: str) -> VariantReport | None:
         return next((v for v in self.variants if v.name == name), None)
+
+    @property
+    def exit_code(self) -> int:
+        """The verdict's, raised to 1 when the release asked about (--sherpa-onnx) does not load a set from
+        any working directory."""
+        asked = [(v.runtimes or {}).get("requested") for v in self.variants]
+        if any(a and a["loads"] != runtimes.ANYWHERE for a in asked):
+            return max(self.verdict.exit_code, 1)
+        return self.verdict.exit_code
 
     def to_json(self) -> dict:
         v = self.verdict
@@ -334,6 +345,7 @@ def inspect_variant(
     audits: dict[Path, ExternalAudit],
     *,
     probe: bool = False,
+    sherpa_onnx: str | None = None,
 ) -> VariantReport:
     models: dict[str, ModelReport] = {}
     for role, path in ms.paths().items():
@@ -407,7 +419,17 @@ def inspect_variant(
 
     sherpa_error = sherpa_first_error(current, measured, tokens)
     return VariantReport(ms.variant, models, measured, recipe, reason, expected, key_audits, sherpa_error,
-                         probe_result, findings, verdict_of(findings), window, positional)
+                         probe_result, findings, verdict_of(findings), window, positional,
+                         _runtimes(models, measured, sherpa_onnx))
+
+
+def _runtimes(models: dict[str, ModelReport], measured: Measurements, version: str | None) -> dict:
+    """The oldest release that loads the set from any working directory, and how `version` loads it."""
+    files = [runtimes.file_facts(m.graph, m.external) for m in models.values()]
+    tdt = bool(measured.get("num_durations"))
+    asked = runtimes.judge(files, version, tdt=tdt) if version else None
+    return {"oldest_release": runtimes.oldest_release(files, tdt=tdt),
+            "requested": asked.to_json() if asked else None}
 
 
 def inspect_folder(
@@ -419,8 +441,13 @@ def inspect_folder(
     joiner: str | Path | None = None,
     tokens: str | Path | None = None,
     variants: list[str] | None = None,
+    sherpa_onnx: str | None = None,
 ) -> FolderReport:
-    """Analyse a model folder (or loose files) without loading any weights (unless probe=True)."""
+    """Analyse a model folder (or loose files) without loading any weights (unless probe=True).
+
+    sherpa_onnx: a release number: say how that release loads each model set (runtimes.py)."""
+    if sherpa_onnx is not None:
+        runtimes.version_key(sherpa_onnx)  # a bad number is refused before anything is read
     layout = find_layout(paths, encoder=encoder, decoder=decoder, joiner=joiner, tokens=tokens)
     toks = read_tokens(layout.tokens) if layout.tokens else None
     audits: dict[Path, ExternalAudit] = {}
@@ -428,7 +455,7 @@ def inspect_folder(
     for name, ms in layout.variants.items():
         if variants and name not in variants:
             continue
-        reports.append(inspect_variant(ms, layout, toks, audits, probe=probe))
+        reports.append(inspect_variant(ms, layout, toks, audits, probe=probe, sherpa_onnx=sherpa_onnx))
     if not reports:
         raise BadInputError(f"no {'/'.join(variants or [])} model set found", path=layout.root)
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from ..errors import BadInputError
 from ..reading.external_data import referenced_in, referenced_names
 from ..reading.onnx_graph import materialize
+from ..reading.runtimes import optimizer_reads
 from ..safety import journal
 from ..safety.atomic import (
     PREFIX,
@@ -41,7 +42,7 @@ from . import posenc as _posenc
 from . import stream_rewrite
 from .plan import FilePlan, Plan
 from .proofs import verify_plan
-from .weights import ONNX_THRESHOLD, WeightMove, plan_moves, set_inline, write_weights_file
+from .weights import WeightMove, plan_moves, set_inline, write_weights_file
 from .windowing import window_encoder
 
 if TYPE_CHECKING:
@@ -77,7 +78,8 @@ def _rewrite_graph(fp: FilePlan, out_dir: Path, progress: Progress | None, durab
     src_path = fp.graph.path
     if fp.weights in ("relocate", "inline_small", "consolidate", "inline"):
         moves = plan_moves(model, src_path)
-        small = [mv for mv in moves if mv.length < ONNX_THRESHOLD or fp.weights == "inline"]
+        reads = optimizer_reads(model)  # judged on the graph as written (a windowed one renames its tensors)
+        small = [mv for mv in moves if fp.weights == "inline" or reads(mv.tensor, mv.length)]
         _inline(small, src_path)
         big = [mv for mv in moves if mv not in small]
         if fp.weights == "relocate":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import BadInputError, NeedsFixError
-from ..reading import positional
+from ..reading import positional, runtimes
 from ..reading.external_data import ExternalAudit, escapes_folder, is_absolute_location
 from ..reading.findings import CANNOT_WORK, next_steps
 from ..reading.inspector import FolderReport, VariantReport
@@ -25,7 +25,6 @@ from ..reading.metadata import PREPARED_BY_KEY, duplicated_keys
 from ..reading.onnx_graph import GraphFile
 from ..reading.probe import EncoderProbe, probe_encoder
 from . import posenc as _posenc
-from .weights import ONNX_THRESHOLD
 from .windowing import DEFAULT_DYNAMIC_WINDOW_S, MAX_WINDOW_S, WindowParams, window_params
 
 PROTOBUF_LIMIT = (2 << 30) - (64 << 20)  # 2 GiB, with room for the graph itself
@@ -143,12 +142,12 @@ def _plan_weights(fp: FilePlan, users: dict[Path, set[Path]], inline: bool) -> N
         fp.weights = "relocate"
         fp.changes.append(Change(fp.name, "weights", "location", only.location, only.path.name,
                                  "onnxruntime >= 1.28 refuses absolute locations and locations with '..'"))
-    small = [r for r in _refs(fp) if (r.length or 0) < ONNX_THRESHOLD]
-    if small:
+    read = runtimes.file_facts(fp.graph, fp.audit).optimizer_read
+    if read:
         fp.weights = "relocate" if fp.weights == "relocate" else "inline_small"
-        fp.changes.append(Change(fp.name, "weights", "inline small tensors", f"{len(small)} external",
-                                 "inside the graph", "sherpa-onnx <= 1.12.35 fails on small external "
-                                 "initializers ('model_path must not be empty')"))
+        fp.changes.append(Change(fp.name, "weights", "inline small tensors and Conv weights", f"{len(read)} external",
+                                 "inside the graph", "sherpa-onnx <= 1.12.20 (onnxruntime 1.17) reads them while "
+                                 "optimising a session made from bytes and fails from any folder (docs/runtimes.md)"))
 
 
 def refuse_outside(report: FolderReport) -> None:
@@ -161,10 +160,6 @@ def refuse_outside(report: FolderReport) -> None:
                     path=m.graph.path,
                     fix="sherpa-fixed reads only files inside the model folder; put the weights file beside the "
                         "model (re-download or re-export it); nothing was read or written")
-
-
-def _refs(fp: FilePlan):
-    return fp.audit.refs
 
 
 def _plan_metadata(fp: FilePlan, v: VariantReport, warnings: list[str]) -> None:
@@ -305,9 +300,54 @@ def _plan_posenc(fp: FilePlan, v: VariantReport, max_seconds: float, warnings: l
                              "kept bit-identical"))
 
 
+def _planned_facts(fp: FilePlan) -> runtimes.FileFacts:
+    """The file as this plan writes it: weights external unless inlined, bare locations, and what
+    onnxruntime 1.17's optimisers read always inline (_plan_weights)."""
+    return runtimes.FileFacts(fp.name, fp.audit.uses_external and fp.weights != "inline", False, [], fp.total_bytes)
+
+
+def _plan_release(plans: dict[Path, FilePlan], report: FolderReport, version: str) -> list[str]:
+    """--sherpa-onnx VERSION: the layout that release loads from any working directory, or a refusal.
+
+    Releases that create sessions from bytes (<= 1.12.35) resolve external weights against the working
+    directory, so every file that fits in protobuf's 2 GiB goes inline (self-contained files load from
+    anywhere); a file that does not fit has no such layout there, and nothing is written."""
+    warnings: list[str] = []
+    for v in report.variants:
+        tdt = bool(v.measured.get("num_durations"))
+        fps = [plans[m.graph.path.resolve()] for m in v.models.values()]
+        verdict = runtimes.judge([_planned_facts(fp) for fp in fps], version, tdt=tdt)
+        if verdict.where == runtimes.NEVER:  # nothing about the layout: the release cannot decode this model
+            raise BadInputError(f"sherpa-onnx {version} cannot run the {v.name} set: {verdict.why}",
+                                path=report.layout.root, fix="use a newer sherpa-onnx release (docs/runtimes.md); "
+                                "nothing was written")
+        warnings += [f"[{v.name}] sherpa-onnx {version}: {w}" for w in verdict.warnings]
+        if verdict.where == runtimes.ANYWHERE:
+            continue
+        for fp in fps:
+            if not _planned_facts(fp).external:
+                continue
+            if fp.total_bytes > PROTOBUF_LIMIT:
+                raise BadInputError(
+                    f"sherpa-onnx {version} reads external weights relative to the working directory, and "
+                    f"{fp.name} ({fp.total_bytes / 1e9:.2f} GB) cannot be self-contained (protobuf's 2 GiB "
+                    "limit): no layout of this folder loads there from any working directory",
+                    path=fp.graph.path, fix=f"quantize it (sherpa-fixed quantize {report.layout.root} -o OUT: a "
+                    "self-contained int8 set loads anywhere), or use sherpa-onnx >= 1.12.36, or load it with the "
+                    "model folder as working directory (sherpa-fixed prepare without --sherpa-onnx); nothing "
+                    "was written")
+            fp.weights = "inline"
+            fp.changes.append(Change(fp.name, "weights", "inline", f"{len(fp.audit.files)} external file(s)",
+                                     "inside the graph", f"--sherpa-onnx {version}: it resolves external weights "
+                                     "against the working directory; a self-contained file loads from anywhere"))
+    return warnings
+
+
 def plan_prepare(report: FolderReport, *, inline: bool = False, window: dict | None = None,
-                 max_seconds: float | None = None) -> Plan:
-    """Decide every change from an inspect report; writes nothing."""
+                 max_seconds: float | None = None, sherpa_onnx: str | None = None) -> Plan:
+    """Decide every change from an inspect report; writes nothing.
+
+    sherpa_onnx: a release the result must load in from any working directory (docs/runtimes.md)."""
     refuse_outside(report)
     if report.verdict.code == CANNOT_WORK:
         raise BadInputError("cannot be prepared: " + "; ".join(report.verdict.reasons[:3]),
@@ -340,11 +380,15 @@ def plan_prepare(report: FolderReport, *, inline: bool = False, window: dict | N
                 _plan_dims(fp, v, probe, blockers, warnings, window)
                 if max_seconds is not None:
                     _plan_posenc(fp, v, max_seconds, warnings)
+    if sherpa_onnx is not None:
+        warnings += _plan_release(plans, report, sherpa_onnx)
     files = list(plans.values())
     for fp in files:
         if fp.changed:
             record = {"version": __version__,
                       "changed": sorted({c.what for c in fp.changes})}
+            if sherpa_onnx is not None:
+                record["for_sherpa_onnx"] = sherpa_onnx
             fp.metadata[PREPARED_BY_KEY] = json.dumps(record, sort_keys=True)
     for v in report.variants:  # name only the keys really written from a default, not measured ones
         defaulted = sorted({c.what for f in files for c in f.changes if c.kind == "metadata" and "default" in c.why})

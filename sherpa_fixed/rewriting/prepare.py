@@ -19,6 +19,7 @@ from .. import __version__
 from ..errors import EXIT_NEEDS_FIX, EXIT_OK, BadInputError
 from ..reading.external_data import referenced_in
 from ..reading.inspector import FolderReport, inspect_folder
+from ..reading.runtimes import version_key
 from ..safety.journal import JOURNAL
 from ..safety.lock import DEFAULT_WAIT
 from ..safety.output import check_output, staged_output
@@ -95,12 +96,15 @@ def prepare_folder(
     wait: float = DEFAULT_WAIT,
     window_seconds: float | None = None,
     max_seconds: float | None = None,
+    sherpa_onnx: str | None = None,
 ) -> PrepareResult:
     """Plan and apply the rewrite; see the module docstring. Raises SherpaFixedError on bad input.
 
     The source folder (and the output's parent) are locked before anything is planned, and an
     in-place run interrupted earlier is finished or undone first (safety/session.py). `report` is used
-    for dry runs only: a run that writes plans from what it sees under the lock.
+    for dry runs only: a run that writes plans from what it sees under the lock. `sherpa_onnx`: a release
+    the result must load in from any working directory (its layout chosen for it, or refused before
+    anything is written: docs/runtimes.md).
     """
     if verify not in VERIFY_MODES:
         raise BadInputError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
@@ -114,6 +118,8 @@ def prepare_folder(
         raise BadInputError("--in-place and --output exclude each other")
     if not window and (hop is not None or context is not None or window_seconds is not None):
         raise BadInputError("--hop, --context and --window-seconds go with --window")
+    if sherpa_onnx is not None:
+        version_key(sherpa_onnx)  # refused before anything is read
     if window and max_seconds is not None:
         raise BadInputError("--window and --max-seconds are two answers to long audio; choose one",
                             fix="--window: bounded memory at any length; --max-seconds: one pass up to N s")
@@ -124,7 +130,7 @@ def prepare_folder(
                  referenced=lambda: referenced_in(source)) as recovered:
         t0 = time.perf_counter()
         report = report if (dry_run and report is not None) else inspect_folder(source)
-        plan = plan_prepare(report, inline=inline, max_seconds=max_seconds,
+        plan = plan_prepare(report, inline=inline, max_seconds=max_seconds, sherpa_onnx=sherpa_onnx,
                             window={"hop": hop, "context": context, "seconds": window_seconds} if window else None)
         seconds = {"plan": time.perf_counter() - t0}
         target = out_path if out_path is not None else source

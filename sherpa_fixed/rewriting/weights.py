@@ -33,9 +33,10 @@ CHUNK = 8 << 20  # bytes per read/write when the kernel cannot copy for us
 ALIGN_SMALL = 64
 ALIGN_LARGE = 64 << 10  # page/allocation-granularity aligned, so onnxruntime can mmap big tensors
 LARGE_TENSOR = 1 << 20
-# onnx.save's default size_threshold. Smaller tensors stay inline in the graph: onnxruntime 1.23
-# (sherpa-onnx <= 1.12.35) fails with "model_path must not be empty" when a graph optimizer folds
-# a small external initializer of a model loaded from bytes, whatever the working directory.
+# onnx.save's default size_threshold. Smaller tensors stay inline in the graph: onnxruntime 1.17
+# (sherpa-onnx <= 1.12.20) fails with "model_path must not be empty" when a graph optimizer folds
+# a small external initializer of a model loaded from bytes, whatever the working directory
+# (reading/runtimes.py keeps 4-D Conv weights inline for the same reason; docs/runtimes.md).
 ONNX_THRESHOLD = 1024
 
 Progress = Callable[[int], None]  # called with bytes just written
