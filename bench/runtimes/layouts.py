@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 import onnx
 from onnx.external_data_helper import set_external_data
 
-from sherpa_fixed.testing import torch_layout
+from sherpa_fixed.testing import make_hf_snapshot, torch_layout
 
 REPO = Path(__file__).resolve().parents[2]
 NEMO = REPO / "tests" / "data" / "nemo"
@@ -47,12 +48,15 @@ LAYOUTS = (
     Layout("conv4d-ext", "fp32-ext with the pre-encoder's 4-D Conv weights external too", "conv4d"),
     Layout("all-ext", "onnx.save(size_threshold=0) of fp32-ext", "small"),
     Layout("absolute", "fp32-ext with absolute locations", "absolute"),
+    Layout("escaping", "fp32-ext with locations '../<folder>/encoder.weights'", "escaping"),
+    Layout("hf-cache", "fp32-ext in a Hugging Face cache (files are relative symlinks to ../../blobs/)", "relative"),
     Layout("win-static-ext", "prepare --window -o (static 800)", "relative", loop=True),
     Layout("win-static-inline", "prepare --window --inline -o (static 800)", "none", loop=True),
     Layout("win-dyn-ext", "prepare --window -o (dynamic)", "relative", loop=True),
     Layout("win-dyn-inline", "prepare --window --inline -o (dynamic)", "none", loop=True),
     Layout("max600-ext", "prepare --max-seconds 600 -o", "relative"),
     Layout("max600-inline", "prepare --max-seconds 600 --inline -o", "none"),
+    Layout("rnnt-inline", "prepare --inline -o (the RNNT export, rnnt-80)", "none"),
 )
 BY_NAME = {lay.name: lay for lay in LAYOUTS}
 
@@ -138,16 +142,26 @@ def conv4d_external(src: Path, dst: Path) -> None:
     onnx.save(m, str(dst / "encoder.onnx"))  # writes every tensor marked external to encoder.weights
 
 
-def absolute(src: Path, dst: Path) -> None:
-    """fp32-ext with every external location made absolute (what some converters write)."""
+def relocate(src: Path, dst: Path, location: Callable[[Path], str]) -> None:
+    """fp32-ext with every external location rewritten (absolute: what some converters write; '../x/': what
+    tools that store paths relative to a parent write)."""
     shutil.copytree(src, dst)
     m = onnx.load(str(dst / "encoder.onnx"), load_external_data=False)
-    target = str((dst / "encoder.weights").resolve())
+    target = location(dst)
     for t in _tensors_with_data(m.graph):
         for e in t.external_data:
             if e.key == "location":
                 e.value = target
     onnx.save(m, str(dst / "encoder.onnx"))
+
+
+def hf_cache(src: Path, dst: Path) -> None:
+    """fp32-ext as a Hugging Face cache holds it: dst is a link to the snapshot folder, whose files are relative
+    symlinks to ../../blobs/SHA (FACTS.md section 11)."""
+    tmp = dst.parent / f"{dst.name}.folder"
+    shutil.copytree(src, tmp)
+    snapshot = make_hf_snapshot(tmp, dst.parent / f"{dst.name}.cache")
+    dst.symlink_to(snapshot.relative_to(dst.parent))
 
 
 def build(work: Path, names: list[str] | None = None) -> dict[str, Path]:
@@ -157,9 +171,10 @@ def build(work: Path, names: list[str] | None = None) -> dict[str, Path]:
     base.mkdir(parents=True)
     dyn = torch_source(NEMO / "tdt-80", base / "src-dynamic")
     static = torch_source(NEMO / "tdt-80-static800", base / "src-static")
+    rnnt = torch_source(NEMO / "rnnt-80", base / "src-rnnt")
     want = set(names or BY_NAME)
     need = set(want)
-    if want & {"int8", "all-ext", "absolute", "conv4d-ext"}:
+    if want & {"int8", "all-ext", "absolute", "conv4d-ext", "escaping", "hf-cache"}:
         need.add("fp32-ext")
     steps = {
         "fp32-ext": lambda o: cli("prepare", str(dyn), "-o", str(o)),
@@ -167,21 +182,24 @@ def build(work: Path, names: list[str] | None = None) -> dict[str, Path]:
         "int8": lambda o: cli("quantize", str(base / "fp32-ext"), "-o", str(o)),
         "conv4d-ext": lambda o: conv4d_external(base / "fp32-ext", o),
         "all-ext": lambda o: all_external(base / "fp32-ext", o),
-        "absolute": lambda o: absolute(base / "fp32-ext", o),
+        "absolute": lambda o: relocate(base / "fp32-ext", o, lambda d: str((d / "encoder.weights").resolve())),
+        "escaping": lambda o: relocate(base / "fp32-ext", o, lambda d: f"../{d.name}/encoder.weights"),
+        "hf-cache": lambda o: hf_cache(base / "fp32-ext", o),
         "win-static-ext": lambda o: cli("prepare", str(static), "--window", "-o", str(o)),
         "win-static-inline": lambda o: cli("prepare", str(static), "--window", "--inline", "-o", str(o)),
         "win-dyn-ext": lambda o: cli("prepare", str(dyn), "--window", "-o", str(o)),
         "win-dyn-inline": lambda o: cli("prepare", str(dyn), "--window", "--inline", "-o", str(o)),
         "max600-ext": lambda o: cli("prepare", str(dyn), "--max-seconds", "600", "-o", str(o)),
         "max600-inline": lambda o: cli("prepare", str(dyn), "--max-seconds", "600", "--inline", "-o", str(o)),
+        "rnnt-inline": lambda o: cli("prepare", str(rnnt), "--inline", "-o", str(o)),
     }
     out = {}
     for lay in LAYOUTS:  # in order: fp32-ext before what is made from it
         if lay.name in need:
             steps[lay.name](base / lay.name)
-            (base / lay.name / "truth.json").unlink(missing_ok=True)
-            if lay.name in want:
-                out[lay.name] = base / lay.name
+            (base / lay.name / "truth.json").unlink(missing_ok=True)  # not part of a real folder
+            if lay.name in want:  # hf-cache: the snapshot folder itself, as huggingface_hub returns it
+                out[lay.name] = (base / lay.name).resolve() if lay.name == "hf-cache" else base / lay.name
     return out
 
 

@@ -44,9 +44,10 @@ REFERENCE = "2.0.1"
 RELEASES = {
     "1.8.11": "oldest C API on PyPI (sherpa-onnx wheel); no NeMo transducer yet",
     "1.9.30": "oldest on PyPI with nemo_transducer (added in 1.9.24); C functions unprefixed",
-    "1.10.46": "last sherpa-onnx Python wheel before 1.12.26",
-    "1.12.9": "oldest sherpa-onnx-core / -bin; sherpa-rs 0.6.8's tag",
-    "1.12.13": "last with TDT duration 0 read as 1",
+    "1.10.46": "last sherpa-onnx Python wheel before 1.12.26; sherpa-rs 0.6.6 pins 1.10.45",
+    "1.11.5": "npm only: reads TDT metadata (upstream #2181) but decodes without durations; sherpa-rs 0.6.7's pin",
+    "1.12.9": "oldest sherpa-onnx-core / -bin; TDT decoding (upstream #2495); sherpa-rs 0.6.8's tag",
+    "1.12.13": "last that reads a predicted TDT duration 0 as 1",
     "1.12.14": "TDT decoding fixed (upstream #2606)",
     "1.12.15": "sherpa-rs master's pin; Node package (pinned)",
     "1.12.20": "last with onnxruntime 1.17.1",
@@ -56,12 +57,17 @@ RELEASES = {
     "1.12.36": "sessions from the model path (upstream #3482)",
     "1.12.37": "last that accepts absolute locations; Node package (pinned)",
     "1.12.38": "onnxruntime 1.24.4: absolute locations refused",
-    "1.13.8": "newest before 2.0; newest Node package (what any ^1.x Node install gets)",
+    "1.13.0": "onnxruntime 1.24.4",
+    "1.13.4": "onnxruntime 1.27.0",
+    "1.13.5": "onnxruntime 1.27.1",
+    "1.13.8": "onnxruntime 1.28.2; newest before 2.0; newest Node package (what any ^1.x Node install gets)",
     "2.0.0": "C API returns NULL when a session cannot be created",
     "2.0.1": "newest",
 }
 BAD_RELEASES = ("1.9.30", "1.12.14", "1.12.35", "1.12.36", "1.13.8", "2.0.0", "2.0.1")
 FULL_SIZE = Path("/work/scratch/realscale")
+SPEECH_SET = Path("/work/shared/speech/setA")  # the speech model's held-out clips (FLAC + short.json)
+SPEECH_CLIPS = 50
 FULL_RELEASES = ("1.9.30", "1.12.14", "1.12.35", "2.0.1")
 CWDS = ("model", "/")
 
@@ -134,6 +140,45 @@ def full_size(rels: dict[str, Release], work: Path, wav: Path) -> list[dict]:
     return cells
 
 
+def speech(rels: dict[str, Release], work: Path, jobs: int) -> list[dict]:
+    """TDT decoding quality per release: WER of the speech model (tests/data/speech) on held-out clips.
+
+    Random weights show only that tokens differ; this trained TDT says whether a release decodes TDT right.
+    Through the C API, or Node where a release has nothing else.
+    """
+    import jiwer
+    import numpy as np
+    import soundfile
+
+    folder = work / "layouts" / "speech"
+    shutil.rmtree(folder, ignore_errors=True)
+    layouts.cli("prepare", str(layouts.REPO / "tests" / "data" / "speech" / "dynamic"), "-o", str(folder))
+    items = json.loads((SPEECH_SET / "short.json").read_text())[:SPEECH_CLIPS]
+    wavs = work / "speech-wav"
+    wavs.mkdir(parents=True, exist_ok=True)
+    for it in items:
+        out = wavs / (Path(it["file"]).stem + ".wav")
+        if not out.exists():
+            x, rate = soundfile.read(str(SPEECH_SET / it["file"]), dtype="float32")
+            soundfile.write(str(out), np.asarray(x), rate, subtype="PCM_16")
+    truth = [it["text"] for it in items]
+    rows = []
+    for v, rel in rels.items():
+        loader = "c" if rel.c_api else "node" if rel.node else None
+        if loader is None:
+            continue
+        with ThreadPoolExecutor(jobs) as pool:
+            outs = list(pool.map(lambda it, rel=rel, loader=loader: releases.load(
+                rel, loader, folder, wavs / (Path(it["file"]).stem + ".wav"), cwd=folder), items))
+        hyp = ["".join(o.tokens or []).replace("▁", " ").strip().lower() for o in outs]
+        rows.append({"release": v, "loader": loader, "clips": len(items), "failed": sum(not o.ok for o in outs),
+                     "wer": round(jiwer.wer(truth, hyp), 4), "hyp": hyp})
+    ref = next((r["hyp"] for r in rows if r["release"] == REFERENCE), None)
+    for r in rows:
+        r["same_as_reference"] = sum(a == b for a, b in zip(r["hyp"], ref, strict=True)) if ref else None
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- rendering
 
 def symbol(c: dict, codes: dict) -> str:
@@ -161,7 +206,7 @@ def render(data: dict) -> str:
         capi = "yes" + (" (-DSHERPA_ONNX_UNPREFIXED_API)" if r["c_flags"] else "") if r["c_api"] else \
             f"no: `{r['c_api_error']}`" if r["c_api_error"] else "no"
         node = f"yes ({r['node_onnxruntime']})" if r["node"] else ""
-        lines.append(f"| {v} | {r['onnxruntime']} | {capi} | {'yes' if r['python'] else ''} | "
+        lines.append(f"| {v} | {r['onnxruntime'] or '-'} | {capi} | {'yes' if r['python'] else ''} | "
                      f"{'yes' if r['binary'] else ''} | {node} | {RELEASES.get(v, '')} |")
     lines += ["", "### Layouts", "", "| layout | made by | weights |", "|---|---|---|"]
     for n in names:
@@ -189,6 +234,13 @@ def render(data: dict) -> str:
             lines.append(f"| {v} | " + " | ".join(symbol(bad[(v, n)], codes) if (v, n) in bad else ""
                                                    for n in bad_names) + " |")
         lines += [""] + [f"- {n}: {why}" for n, why in layouts.BAD.items()]
+    if data.get("speech"):
+        lines += ["", f"### TDT decoding: the speech model (tests/data/speech, `prepare -o`), {SPEECH_CLIPS} held-out "
+                  "clips of /work/shared/speech/setA, from the model folder", "",
+                  "| release | loader | WER | clips with the same text as 2.0.1 | failed |", "|---|---|---|---|---|"]
+        for r in data["speech"]:
+            lines.append(f"| {r['release']} | {r['loader']} | {r['wer']:.3f} | {r['same_as_reference']} of "
+                         f"{r['clips']} | {r['failed']} |")
     if data.get("full"):
         full_names = list(dict.fromkeys(c["layout"] for c in data["full"]))
         lines += ["", "### Full size: the parakeet-tdt-1.1b architecture (C API; seconds per load+decode)", "",
@@ -239,6 +291,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--full-size", action="store_true", help="also the 1.1B cells (4.3 GB; takes the heavy lock)")
     ap.add_argument("--no-bad", action="store_true", help="skip the rejected-folder cells")
+    ap.add_argument("--no-speech", action="store_true", help="skip the speech model's WER per release")
     ap.add_argument("--refresh", action="store_true", help="ask the registries again which versions exist")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/runtimes.md")
     args = ap.parse_args()
@@ -282,6 +335,7 @@ def main() -> None:
             bad = list(pool.map(lambda j: run_cell(j[0], "c", j[1], bad_folders[j[1]], wav, False, "model"
                                                    if bad_folders[j[1]].exists() else "/", None), bad_jobs))
 
+    speech_rows = speech(rels, args.work, args.jobs) if not args.no_speech and SPEECH_SET.exists() else []
     full = full_size(rels, args.work, wav) if args.full_size else []
 
     version = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; print(m.version('sherpa-fixed'))"],
@@ -291,7 +345,8 @@ def main() -> None:
             "sherpa_fixed": version, "seconds": time.perf_counter() - t0, "reference": REFERENCE,
             "releases": {v: {k: val for k, val in r.to_json().items() if k != "dir"} for v, r in rels.items()},
             "layouts": names, "reference_tokens": {n: len(t) if t else None for n, t in refs.items()},
-            "cells": cells, "bad": bad, "full": full}
+            "cells": cells, "bad": bad, "speech": [{k: v for k, v in r.items() if k != "hyp"} for r in speech_rows],
+            "full": full}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "matrix.json").write_text(json.dumps(data, indent=1))
     text = render(data)

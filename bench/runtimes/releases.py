@@ -151,14 +151,16 @@ def install(version: str, index: dict[str, list[str]] | None = None, node: bool 
             _save(rel)
         return rel
     packages = [p for p in PIP_PACKAGES if version in index.get(p, [])]
-    if not packages:
-        raise SystemExit(f"sherpa-onnx {version}: no package on the registry has it")
+    if not packages and not (node and node_available(version, index)):
+        raise SystemExit(f"sherpa-onnx {version}: no package on the registries has it")
     tmp = ROOT / f".{version}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp),
-                        *[f"{p}=={version}" for p in packages]], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"pip could not install sherpa-onnx {version}:\n{r.stderr[-2000:]}")
+    tmp.mkdir(parents=True)
+    if packages:  # some releases exist only as npm packages
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp),
+                            *[f"{p}=={version}" for p in packages]], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"pip could not install sherpa-onnx {version}:\n{r.stderr[-2000:]}")
     shutil.rmtree(d, ignore_errors=True)
     tmp.rename(d)
     rel = Release(version, d, packages=packages)
@@ -286,13 +288,13 @@ def command(rel: Release, loader: str, model: Path, wav: Path, int8: bool) -> tu
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ORT_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \[[EW]:onnxruntime:[^\]]*\] ")
-TENSOR_NUMBER = re.compile(r"onnx::([A-Za-z]+)_\d+")  # which tensor fails first varies run to run
+DESERIALIZE = re.compile(r"Deserialize tensor \S+ failed")  # which tensor fails first varies run to run
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?")
 # The line that says why, best first: a C++ exception's what(), onnxruntime's session error, then anything
 # that reads like an error; sherpa-onnx's config dump and the binary's progress lines are never it.
 PREFERRED = (re.compile(r"what\(\):\s*(.*)"), re.compile(r"^((?:[A-Za-z]*Error): .*)"),
              re.compile(r"Exception during initialization: (.*)"),
-             re.compile(r"((?:Failed|failed|error|Error|ERROR|does not exist|not exist|Invalid|invalid|cannot|"
+             re.compile(r"(.*(?:Failed|failed|error|Error|ERROR|does not exist|not exist|Invalid|invalid|cannot|"
                         r"Traceback|Errors in config|Please|unsupported|Unsupported|Check failed).*)"))
 PY_EXCEPTION = re.compile(r"^[A-Za-z_.]*(Error|Exception|Exit)\b")
 NOISE = re.compile(r"^(OfflineRecognizerConfig\(|Creating recognizer|Started|Done|----|num threads|decoding method|"
@@ -315,7 +317,7 @@ def first_error(text: str, replace: dict[str, str]) -> str | None:
         return None
     for old, new in replace.items():
         hit = hit.replace(old, new)
-    hit = TENSOR_NUMBER.sub(r"onnx::\1_<n>", TIMESTAMP.sub("<time>", hit))
+    hit = DESERIALIZE.sub("Deserialize tensor <name> failed", TIMESTAMP.sub("<time>", hit))
     return hit[:400]
 
 
