@@ -177,28 +177,32 @@ def reference(folders, wav) -> dict[str, list[str]]:
 
 # ------------------------------------------------------------------------------------ compiler, releases
 
-def _compiler(cache: Path) -> list[str]:
-    """$CC, else cc/gcc on PATH, else zig's clang from PyPI (installed once into the cache)."""
+Compiler = tuple[list[str], dict[str, str]]  # argv prefix, extra environment
+
+
+def _compiler(cache: Path) -> Compiler:
+    """$CC, else cc/gcc/clang on PATH, else zig's clang from PyPI (installed once into the cache)."""
     if os.environ.get("CC"):
-        return [os.environ["CC"]]
+        return [os.environ["CC"]], {}
     for name in ("cc", "gcc", "clang"):
         if shutil.which(name):
-            return [name]
+            return [name], {}
     zig = cache / "ziglang"
     if not (zig / ".complete").exists():
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(zig), "ziglang"],
                        check=True)
         (zig / ".complete").write_text("ok")
-    return ["env", f"PYTHONPATH={zig}", sys.executable, "-m", "ziglang", "cc"]
+    return [sys.executable, "-m", "ziglang", "cc"], {"PYTHONPATH": str(zig)}
 
 
-def compile_decode(cc: list[str], sherpa_dir: Path, out: Path) -> Path:
-    """decode.c against one release's own header and library (unprefixed names for releases < 1.10.19)."""
+def compile_decode(cc: Compiler, sherpa_dir: Path, out: Path) -> Path:
+    """decode.c against one release's own header and library."""
     inc, lib = sherpa_dir / "include", sherpa_dir / "lib"
     assert (inc / "sherpa-onnx" / "c-api" / "c-api.h").exists(), f"no c-api.h under {inc}"
-    r = subprocess.run([*cc, "-O1", "-Werror=implicit-function-declaration", "-o", str(out), str(DECODE_C),
+    argv, env = cc
+    r = subprocess.run([*argv, "-O1", "-Werror=implicit-function-declaration", "-o", str(out), str(DECODE_C),
                         f"-I{inc}", f"-L{lib}", "-lsherpa-onnx-c-api", f"-Wl,-rpath,{lib}"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env={**os.environ, **env})
     assert r.returncode == 0, f"decode.c does not compile against {inc}:\n{r.stderr[-3000:]}"
     return out
 
@@ -215,7 +219,7 @@ def cache(request, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cc(cache) -> list[str]:
+def cc(cache) -> Compiler:
     return _compiler(cache)
 
 
@@ -225,7 +229,7 @@ def installed_sherpa() -> tuple[str, Path]:
     return sherpa_onnx.__version__, Path(sherpa_onnx.__file__).parent
 
 
-def release_decode(version: str, cache: Path, cc: list[str]) -> Path:
+def release_decode(version: str, cache: Path, cc: Compiler) -> Path:
     """The C example built against sherpa-onnx-core==version (installed once into the cache)."""
     d = cache / version
     if not (d / ".complete").exists():

@@ -256,7 +256,7 @@ def render(data: dict) -> str:
                   "as `prepare` writes it); 1.1b-fp32-conv-inline: the same with the pre-encoder's five 4-D Conv "
                   "weights (542 KB) inline; 1.1b-int8: the self-contained 1.1 GB int8 set. ✓ here: tokens equal "
                   "to 2.0.1's C API on the same folder."]
-    lines += ["", "### Legend", "", "| code | exit status | first line that says why | cells |", "|---|---|---|---|"]
+    lines += ["", "### Legend", "", "| code | exit status | first line that says why | releases |", "|---|---|---|---|"]
     where: dict = {}
     for c in data["cells"] + data.get("bad", []) + data.get("full", []):
         if not (c["rc"] == 0 and c["tokens"] is not None):
