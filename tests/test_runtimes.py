@@ -141,3 +141,24 @@ def test_tdt_on_a_release_without_durations_is_refused(tmp_path):
     folder = write_model_folder(tmp_path / "m", ModelSpec())
     code, out = run("prepare", folder, "-o", tmp_path / "o", "--sherpa-onnx", "1.11.5")
     assert code == 2 and "without durations" in out and not (tmp_path / "o").exists()
+
+
+def test_transcribe_and_the_drop_in_work_on_an_old_release_from_anywhere(tmp_path, old_sherpa_python):
+    """sherpa-onnx 1.12.35 resolves external weights against the working directory; transcribe (through the
+    drop-in recognizer's session_model_dir) decodes the default layout from `/`, in windows past 90 s."""
+    import numpy as np
+
+    from sherpa_fixed.decoding.audio import write_wav
+
+    src = write_model_folder(tmp_path / "m", ModelSpec(external="single", metadata="missing"))
+    out = tmp_path / "prepared"
+    assert prepare_folder(src, output=out).exit_code == 0
+    wav = tmp_path / "long.wav"
+    write_wav(wav, np.random.default_rng(0).standard_normal(16000 * 100).astype(np.float32) * 0.1, 16000)
+    code = ("import sys, json, sherpa_onnx\nfrom importlib.metadata import version\n"
+            "from sherpa_fixed.cli import main\nprint(version('sherpa-onnx'))\n"
+            "sys.argv = ['sherpa-fixed', 'transcribe', sys.argv[1], sys.argv[2], '--json']\nmain()")
+    proc = run_python(old_sherpa_python, code, str(out), str(wav), cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    version, doc = proc.stdout.split("\n", 1)
+    assert version == "1.12.35" and json.loads(doc)["files"][0]["ok"]
