@@ -184,9 +184,11 @@ class _Bar:
                    "refused when a file would exceed protobuf's 2 GiB limit.")
 @click.option("--force", is_flag=True, help="Replace an existing, non-empty --output folder.")
 @click.option("--verify", type=click.Choice(["auto", "full", "fast", "off"]), default="auto", show_default=True,
-              help="auto: onnxruntime bit-identity runs and a sherpa-onnx decode for models under 1 GiB and for "
-                   "any graph whose shapes changed, streamed byte comparison otherwise; full: always run; "
-                   "fast: byte comparison only; off: trust the rewrite.")
+              help="auto: a change of metadata alone is proven byte for byte at any size (and sets up to 100 MB "
+                   "are loaded by sherpa-onnx); other changes run onnxruntime old against new and a sherpa-onnx "
+                   "decode for models up to 1 GiB, byte comparison above; sherpa-onnx's metadata rules are "
+                   "checked on every set it does not load. full: always run and load; fast: bytes only; off: "
+                   "trust the rewrite (docs/benchmarks.md has what each costs).")
 @click.option("--window", is_flag=True,
               help="Make a fixed-window (static-shape) encoder take any length inside the ONNX graph: it runs "
                    "once per window in an ONNX Loop, so every sherpa-onnx binding (C++, Rust, Go, mobile) can "

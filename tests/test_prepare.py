@@ -383,3 +383,24 @@ def test_relative_paths_work(make_folder, monkeypatch):
     result = prepare_folder(folder.name, output="out-relative")
     assert result.exit_code == 0 and all(c.ok for c in result.checks), result.to_json()
     assert prepare_folder(folder.name, in_place=True).exit_code == 0
+
+
+def test_a_rewritten_graph_has_its_metadata_checked_too(make_folder, tmp_path):
+    """The byte proof compares graphs and tensors; the planned metadata is checked beside it, and a file
+    whose metadata is not exactly the plan's fails that check."""
+    from sherpa_fixed.reading.onnx_graph import load_graph
+    from sherpa_fixed.reading.protos import ModelProto
+    from sherpa_fixed.rewriting.proofs import _metadata_check
+
+    folder = make_folder(external="scattered", metadata="wrong_feat_dim")
+    out = tmp_path / "out"
+    result = prepare_folder(folder, output=out, verify="fast")
+    assert result.exit_code == 0
+    checks = {c.kind: c for c in result.checks}
+    assert checks["metadata"].ok and checks["bytes"].ok
+    fp = next(f for f in result.plan.files if f.role == "encoder")
+    new = ModelProto.FromString((out / "encoder.onnx").read_bytes())
+    next(p for p in new.metadata_props if p.key == "feat_dim").value = "128"
+    bad = _metadata_check(fp, new, out / "encoder.onnx")
+    assert not bad.ok and "feat_dim" in bad.detail
+    assert load_graph(out / "encoder.onnx").metadata["feat_dim"] == "80"
