@@ -1,7 +1,7 @@
 """What each `prepare --verify` mode costs, against `cp -r SRC DST && sync` of the same folder.
 
     flock /tmp/sherpa-heavy.lock python bench/bench_verify.py [--rounds 3] [--only LABEL ...] \
-        [--work /work/scratch/verify] [--json FILE]
+        [--modes auto fast full off] [--with-sync] [--work /work/scratch/verify] [--json FILE]
 
 Cases (LABEL=FOLDER, `--case` adds or replaces one; a trailing `:raw` takes the folder as it is):
 - int8-600MB, int8-1.0GB: the parakeet-tdt-1.1b architecture cut to 24 and 38 layers
@@ -19,7 +19,9 @@ rotated every round, with DST removed and a full `sync` before every run (bench/
 run: wall and CPU seconds (wait4, children included) and peak RSS read from /proc process by
 process (the child's own VmHWM, the largest VmHWM of anything it started, and the largest sum of
 VmRSS over its tree). Ratios are the median of per-round ratios to `cp -r && sync` of that round.
-prepare's own sync (fsync of what it wrote) is inside its wall time; `cp` gets `sync` after it.
+`prepare --output` does not fsync what it writes (like `cp`, it leaves writeback to the kernel and
+publishes the folder by one rename); `--with-sync` adds rows `verify MODE && sync` (run under `sh`,
+so prepare's own peak is in the "largest child" column) to compare durable with durable.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def planned_changes(src: Path) -> list[dict]:
     return json.loads(out.stdout)["changes"]
 
 
-def run_case(label: str, source: Path, raw: bool, work: Path, rounds: int) -> dict:
+def run_case(label: str, source: Path, raw: bool, work: Path, rounds: int, modes=MODES, with_sync=False) -> dict:
     case_dir = work / label
     case_dir.mkdir(parents=True, exist_ok=True)
     src = source if raw else broken_copy(source, case_dir / "src")
@@ -71,8 +73,10 @@ def run_case(label: str, source: Path, raw: bool, work: Path, rounds: int) -> di
           f"{largest.name} {largest.stat().st_size / 1e9:.3f} GB); planned changes: "
           f"{len(changes)} ({', '.join(kinds)})", flush=True)
     commands = {"cp -r && sync": ["sh", "-c", 'cp -r "$1" "$2" && sync', "sh", str(src), str(dst)]}
-    for mode in MODES:
+    for mode in modes:
         commands[f"verify {mode}"] = [CLI, "prepare", str(src), "--output", str(dst), "--verify", mode, "--json"]
+        if with_sync:  # prepare --output leaves writeback to the kernel, as cp does; this row makes it durable
+            commands[f"verify {mode} && sync"] = ["sh", "-c", '"$@" && sync', "sh", *commands[f"verify {mode}"]]
     runs: dict[str, list[dict]] = {k: [] for k in commands}
     reports: dict[str, dict] = {}
     names = list(commands)
@@ -83,7 +87,7 @@ def run_case(label: str, source: Path, raw: bool, work: Path, rounds: int) -> di
             report = case_dir / "last.json"
             with open(report, "w") as f:
                 m = measure_tree(commands[name], stdout=f)
-            if name != "cp -r && sync":
+            if name.startswith("verify"):
                 reports[name] = json.loads(report.read_text())
             runs[name].append(m)
             print(f"  round {r + 1} {name}: {m['wall_s']:.2f} s wall, {m['cpu_s']:.2f} s CPU, "
@@ -133,6 +137,8 @@ def main() -> None:
     ap.add_argument("--case", action="append", default=[], metavar="LABEL=FOLDER[:raw]")
     ap.add_argument("--only", nargs="*", metavar="LABEL")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
+    ap.add_argument("--with-sync", action="store_true", help="also time each mode followed by sync")
     args = ap.parse_args()
     cases = dict(DEFAULT_CASES)
     cases.update(dict(c.split("=", 1) for c in args.case))
@@ -146,7 +152,8 @@ def main() -> None:
         if not Path(folder).is_dir():
             print(f"{label}: {folder} is not there; skipped (see the docstring for how it is made)")
             continue
-        results[label] = run_case(label, Path(folder), flag == "raw", args.work, args.rounds)
+        results[label] = run_case(label, Path(folder), flag == "raw", args.work, args.rounds,
+                                  args.modes, args.with_sync)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     print()

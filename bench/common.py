@@ -101,16 +101,33 @@ def measure_interleaved(commands: dict[str, list[str]], *, setup=None, repeat: i
                 "runs": repeat, "all_wall_s": [round(w, 2) for w in walls[k]]} for k in commands}
 
 
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def _tree(pid: int) -> list[int]:
-    """`pid` and every process below it (Linux /proc/PID/task/TID/children)."""
-    out, todo = [], [pid]
+    """`pid` and every process below it (Linux /proc/PID/task/TID/children) that has exec'd its own program.
+
+    A child forked but not yet exec'd (subprocess with preexec_fn runs Python code in between) is
+    the parent's image: its VmHWM/VmRSS would count the parent's pages a second time. It is left
+    out until its command line differs from its parent's; exec starts a fresh address space, whose
+    VmHWM is the child's own.
+    """
+    out, todo = [], [(pid, None)]
     while todo:
-        p = todo.pop()
+        p, parent_cmd = todo.pop()
+        cmd = _cmdline(p)
+        if cmd is None or cmd == parent_cmd:
+            continue
         out.append(p)
         try:
             for tid in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{tid}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
+                    todo += [(int(c), cmd) for c in f.read().split()]
         except OSError:
             pass
     return out
