@@ -12,6 +12,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,6 +99,89 @@ def measure_interleaved(commands: dict[str, list[str]], *, setup=None, repeat: i
             rss[name].append(r["peak_rss_mb"])
     return {k: {"wall_s": statistics.median(walls[k]), "min_wall_s": min(walls[k]), "peak_rss_mb": max(rss[k]),
                 "runs": repeat, "all_wall_s": [round(w, 2) for w in walls[k]]} for k in commands}
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and every process below it (Linux /proc/PID/task/TID/children) that has exec'd its own program.
+
+    A child forked but not yet exec'd (subprocess with preexec_fn runs Python code in between) is
+    the parent's image: its VmHWM/VmRSS would count the parent's pages a second time. It is left
+    out until its command line differs from its parent's; exec starts a fresh address space, whose
+    VmHWM is the child's own.
+    """
+    out, todo = [], [(pid, None)]
+    while todo:
+        p, parent_cmd = todo.pop()
+        cmd = _cmdline(p)
+        if cmd is None or cmd == parent_cmd:
+            continue
+        out.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo += [(int(c), cmd) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _status_kb(pid: int) -> tuple[int, int]:
+    """(VmHWM, VmRSS) of one process in KiB; (0, 0) once it is gone."""
+    hwm = rss = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+                elif line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+    except OSError:
+        pass
+    return hwm, rss
+
+
+def measure_tree(argv: list[str], *, stdout=subprocess.DEVNULL, poll: float = 0.01) -> dict:
+    """One run of `argv` in a fresh child: wall and CPU seconds, and its peak RSS from /proc, process by process.
+
+    `peak_rss_mb` is the child's own VmHWM (per address space, unlike the ru_maxrss of a forked
+    child, which counts the parent's pages); `descendant_peak_mb` the largest VmHWM of any process
+    it started (sherpa-onnx's check runs in one); `sum_peak_mb` the largest sampled sum of VmRSS
+    over the tree, the memory the command held at once. CPU time comes from wait4, so it includes
+    every descendant the child waited for.
+    """
+    with tempfile.TemporaryFile() as err_file:  # a pipe left unread would block a chatty child
+        t = time.perf_counter()
+        p = subprocess.Popen(argv, stdout=stdout, stderr=err_file)
+        hwm: dict[int, int] = {}
+        sum_peak = 0
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid == p.pid:
+                break
+            total = 0
+            for q in _tree(p.pid):
+                h, r = _status_kb(q)
+                hwm[q] = max(hwm.get(q, 0), h)
+                total += r
+            sum_peak = max(sum_peak, total)
+            time.sleep(poll)
+        wall = time.perf_counter() - t
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
+            err_file.seek(0)
+            raise RuntimeError(f"{argv} failed ({p.returncode}): {err_file.read().decode(errors='replace')[-2000:]}")
+    others = [v for k, v in hwm.items() if k != p.pid]
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": hwm.get(p.pid, 0) / 1024,
+            "descendant_peak_mb": max(others, default=0) / 1024, "sum_peak_mb": sum_peak / 1024,
+            "ru_maxrss_mb": ru.ru_maxrss / 1024}
 
 
 def fs_type(path: Path) -> str:
