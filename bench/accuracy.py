@@ -4,6 +4,7 @@
     python bench/accuracy.py --set path/to/setA    # also any other set folder (long.json / short.json)
     python bench/accuracy.py --quick               # the CI guard's paths only
     python bench/accuracy.py --noise 20            # the CI guard's margin: its differences over 20 seeds
+    python bench/accuracy.py --noise-seeds 4242,200-218 --json noise.json   # the same over chosen seeds
 
 The model is tests/data/speech/ (tiny FastConformer-TDT trained on espeak-ng
 speech, see its PROVENANCE.md). The judged set is made by
@@ -175,37 +176,122 @@ def evaluate(set_dir: Path, kinds: list[str], rows, threads: int) -> dict:
     return doc
 
 
-def noise(seeds: range, threads: int, work: Path) -> None:
-    """The spread of the CI guard's differences over seeds: sets made as tests/test_accuracy.py makes
-    its own (6 min of 40-80 s recordings, 150 clips), the guarded paths and a broken setting."""
+GUARD = dict(long_minutes=6.0, n_short=150, long_seconds=(40.0, 80.0))  # as tests/test_accuracy.py makes its set
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """'4242,200-218' -> [4242, 200, ..., 218] (order kept, no repeats)."""
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        lo, _, hi = part.partition("-")
+        out += [s for s in range(int(lo), int(hi or lo) + 1) if s not in out]
+    if not out:
+        raise SystemExit(f"--noise-seeds: no seeds in {spec!r} (e.g. 4242,200-218)")
+    return out
+
+
+def _slug(text: str) -> str:
+    return "_".join("".join(c if c.isalnum() or c in ".-" else " " for c in text).split())
+
+
+def guard_set(work: Path, seed: int) -> Path:
+    """The CI guard's set for `seed`, made with the espeak-ng in use (cached per espeak-ng build, so sets
+    made with Debian's 1.51 program and with the wheel's 1.52 library never mix)."""
+    from sherpa_fixed.checking.speechgen import espeak_version, make_set
+
+    version = espeak_version()
+    folder = work / "noise" / _slug(version) / f"seed{seed}"
+    made = folder / "set.json"
+    if not made.is_file() or json.loads(made.read_text()).get("espeak_ng") != version:
+        make_set(folder, seed, **GUARD)
+    return folder
+
+
+def _stats(v: list[float]) -> dict:
     import statistics
 
+    sd = statistics.stdev(v) if len(v) > 1 else 0.0
+    return {"mean": statistics.mean(v), "sd": sd, "se_mean": sd / len(v) ** 0.5, "min": min(v), "max": max(v)}
+
+
+def noise(seeds: list[int], threads: int, work: Path, json_out: str | None = None,
+          windows: list[tuple[float, float]] = ()) -> None:
+    """The spread of the CI guard's differences over seeds: sets made as tests/test_accuracy.py makes
+    its own (6 min of 40-80 s recordings, 150 clips), the guarded paths, the drop-in at any extra
+    `windows` (window s, overlap s) and a broken setting (4 s windows without overlap,
+    test_the_guard_has_teeth's)."""
     from sherpa_fixed import OfflineRecognizer
-    from sherpa_fixed.checking.speechgen import make_set
+    from sherpa_fixed.checking.speechgen import espeak_version
+
+    def dropin(w: float, o: float):
+        return lambda: recognizer_decoder(OfflineRecognizer.from_transducer(
+            **transducer_files(MODEL / "dynamic"), window_seconds=w, overlap_seconds=o, num_threads=threads))
 
     rows = paths(True, threads, work / "models")
-    rows.append(("drop-in 4 s / 0 s (broken on purpose)", lambda: recognizer_decoder(OfflineRecognizer.from_transducer(
-        **transducer_files(MODEL / "dynamic"), window_seconds=4, overlap_seconds=0, num_threads=threads))))
+    rows += [(f"drop-in {w:g} s / {o:g} s (dynamic)", dropin(w, o)) for w, o in windows]
+    rows.append(("drop-in 4 s / 0 s (broken on purpose)", dropin(4, 0)))
     decoders = [(name, make()) for name, make in rows]
+    names = [name for name, _ in decoders[1:]]
     deltas: dict[tuple[str, str], list[float]] = {}
+    per_seed: list[dict] = []
+    print(f"espeak-ng: {espeak_version()}; seeds {seeds}", file=sys.stderr, flush=True)
     for seed in seeds:
-        folder = work / "noise" / f"seed{seed}"
-        if not (folder / "set.json").is_file():
-            make_set(folder, seed, long_minutes=6.0, n_short=150, long_seconds=(40.0, 80.0))
+        folder = guard_set(work, seed)
+        desc = json.loads((folder / "set.json").read_text())
+        record: dict = {"seed": seed, "set": desc}
         for kind in ("long", "short"):
             utts = load_set(folder, kind)
+            files = [it["file"] for it in json.loads((folder / f"{kind}.json").read_text())]
             results = [run_path(name, dec, utts) for name, dec in decoders]
-            for r in results[1:]:
-                deltas.setdefault((r.name, kind), []).append(delta(r, results[0])[0])
-        print(f"  seed {seed} done", file=sys.stderr, flush=True)
-    print(f"| path | long: mean Δ | sd | min | max | short: mean Δ | sd | min | max |  ({len(seeds)} seeds)")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, _ in decoders[1:]:
+            whole = results[0]
+            record[kind] = {"whole_wer": 100 * whole.wer, "words": whole.total.words, "paths": {}}
+            for r in results:
+                d, se = delta(r, whole)
+                if r is not whole:
+                    deltas.setdefault((r.name, kind), []).append(d)
+                record[kind]["paths"][r.name] = {
+                    "wer": 100 * r.wer, "delta": d, "paired_se": se,
+                    "per_file": [{"file": f, **e.to_json(), "reference": u.text, "hypothesis": h}
+                                 for f, u, e, h in zip(files, utts, r.errors, r.hypotheses, strict=True)]}
+        per_seed.append(record)
+        cells = " ".join(f"{k}: whole {record[k]['whole_wer']:.2f} % " + " ".join(
+            f"{record[k]['paths'][n]['delta']:+.2f}" for n in names) for k in ("long", "short"))
+        print(f"  seed {seed}: {cells}", file=sys.stderr, flush=True)
+
+    n = len(seeds)
+    print(f"\nespeak-ng: {espeak_version()}; {n} seeds: {', '.join(map(str, seeds))}\n")
+    print("Per seed (Δ in points against whole-utterance WER; words: long / short)\n")
+    labels = {"drop-in defaults (dynamic)": "drop-in", "static800 · drop-in chunker": "chunker",
+              "static800 · prepare --window · stock sherpa-onnx": "window",
+              "drop-in 4 s / 0 s (broken on purpose)": "4 s / 0 s"}
+    head = " | ".join(f"{k}: {labels.get(nm, nm.removesuffix(' (dynamic)'))}" for k in ("long", "short")
+                      for nm in names)
+    print(f"| seed | words | whole long % | whole short % | {head} |")
+    print("|---" * (4 + 2 * len(names)) + "|")
+    for rec in per_seed:
+        ds = " | ".join(f"{rec[k]['paths'][nm]['delta']:+.2f}" for k in ("long", "short") for nm in names)
+        print(f"| {rec['seed']} | {rec['long']['words']} / {rec['short']['words']} | {rec['long']['whole_wer']:.2f} | "
+              f"{rec['short']['whole_wer']:.2f} | {ds} |")
+    print(f"\n| path | long: mean Δ | ± SE of mean | sd | min | max | short: mean Δ | ± SE of mean | sd | min | max |"
+          f"  ({n} seeds)")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    summary = {}
+    for name in names:
         cells = []
         for kind in ("long", "short"):
-            v = deltas[name, kind]
-            cells += [f"{statistics.mean(v):+.2f}", f"{statistics.stdev(v):.2f}", f"{min(v):+.2f}", f"{max(v):+.2f}"]
+            st = summary.setdefault(name, {})[kind] = _stats(deltas[name, kind])
+            cells += [f"{st['mean']:+.2f}", f"{st['se_mean']:.2f}", f"{st['sd']:.2f}", f"{st['min']:+.2f}",
+                      f"{st['max']:+.2f}"]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    wl = [r["long"]["whole_wer"] for r in per_seed]
+    ws = [r["short"]["whole_wer"] for r in per_seed]
+    nl = [r["long"]["words"] for r in per_seed]
+    ns = [r["short"]["words"] for r in per_seed]
+    print(f"\nwhole-utterance WER {min(wl):.2f}-{max(wl):.2f} % long-form ({min(nl)}-{max(nl)} words), "
+          f"{min(ws):.2f}-{max(ws):.2f} % short ({min(ns)}-{max(ns)} words)")
+    if json_out:
+        Path(json_out).write_text(json.dumps({"espeak_ng": espeak_version(), "seeds": seeds, "summary": summary,
+                                              "per_seed": per_seed}, indent=1) + "\n")
 
 
 def main() -> None:
@@ -220,15 +306,21 @@ def main() -> None:
     ap.add_argument("--json", help="write every row and every file's hypothesis here")
     ap.add_argument("--noise", type=int, metavar="N",
                     help="instead: the CI guard's differences over N seeds (200, 201, ...), for its margin")
+    ap.add_argument("--noise-seeds", metavar="LIST",
+                    help="instead: the CI guard's differences over these seeds, e.g. 4242,200-218")
+    ap.add_argument("--noise-windows", metavar="W/O,...", default="",
+                    help="with --noise*: also the drop-in at these window/overlap seconds, e.g. 30/2")
     a = ap.parse_args()
-    if a.noise:
-        noise(range(200, 200 + a.noise), a.threads, OUT / "accuracy")
+    if a.noise or a.noise_seeds:
+        seeds = parse_seeds(a.noise_seeds) if a.noise_seeds else list(range(200, 200 + a.noise))
+        windows = [tuple(map(float, x.split("/"))) for x in filter(None, a.noise_windows.split(","))]
+        noise(seeds, a.threads, OUT / "accuracy", a.json, windows)
         return
 
-    from sherpa_fixed.checking.speechgen import make_set
+    from sherpa_fixed.checking.speechgen import espeak_version, make_set
 
     work = OUT / "accuracy"
-    judged = work / f"set-seed{a.seed}"
+    judged = work / _slug(espeak_version()) / f"set-seed{a.seed}"  # one per espeak-ng build: never mixed
     if not (judged / "set.json").is_file():
         print(f"making the judged set in {judged} ...", file=sys.stderr, flush=True)
         make_set(judged, a.seed, long_minutes=a.long_minutes, n_short=a.short)
