@@ -419,3 +419,21 @@ def test_static_speech_model_short_clips_match_whole_utterance_decoding():
     wer_whole = total([word_errors(item.text, h) for (_, item), h in zip(clips, whole, strict=True)]).wer
     assert same >= 34, (same, ours, whole)
     assert wer_ours <= wer_whole + 0.015, (wer_ours, wer_whole)
+
+
+def test_a_word_begun_in_the_last_frame_of_a_padded_clip_is_dropped():
+    """Audio shorter than the window: a word-initial token in its last output frame was begun from the
+    reflected padding (the real audio holds at most 80 ms of it), so it is not kept; a continuation token
+    there is, and so is anything in a window that is not padded (docs/accuracy.md, chunker.py)."""
+    from types import SimpleNamespace
+
+    from sherpa_fixed.decoding.chunker import Window, WindowSpec, window_tokens
+
+    spec = WindowSpec(64000, 0, 1280, True)
+    n = 1280 * 10 + 500  # the last output frame starts at sample 12800
+    result = SimpleNamespace(tokens=[" go", "ing", " on", "ly"], timestamps=[0.08, 0.16, 0.80, 0.80])
+    padded = Window(0, 0, n, 64000 - n, 0, n)
+    kept = [t.text for t in window_tokens(result, padded, spec, 16000, n)]
+    assert kept == [" go", "ing", "ly"]
+    full = Window(0, 0, 64000, 0, 0, 64000)
+    assert [t.text for t in window_tokens(result, full, spec, 16000, 64000 * 2)] == [" go", "ing", " on", "ly"]
