@@ -117,17 +117,22 @@ def optimizer_reads(model: ModelProto) -> Callable[[TensorProto, int], bool]:
 
 def file_facts(g: GraphFile, audit: ExternalAudit) -> FileFacts:
     reads = optimizer_reads(g.model)
-    read = [t.name for t in _external_tensors(g) if reads(t, external_span(t)[2] or 0)]
+    read = [t.name for t, nbytes in _external_sizes(g) if reads(t, nbytes)]
     return FileFacts(g.path.name, audit.uses_external, any(is_absolute_location(r.location) for r in audit.refs),
                      read, g.size + audit.external_bytes)
 
 
-def _external_tensors(g: GraphFile):
+def _external_sizes(g: GraphFile):
+    """(tensor, bytes) of each tensor kept outside the file. A forged offset or length is left to the
+    external-data audit, which reports it as `external.bad_field`: it is not this table's job to refuse."""
     from .onnx_graph import graph_tensors, inline_span
 
     for t in graph_tensors(g.model.graph):
         if uses_external_data(t) and inline_span(g, t) is None:
-            yield t
+            try:
+                yield t, external_span(t)[2] or 0
+            except BadInputError:
+                continue
 
 
 @dataclass
