@@ -1,11 +1,12 @@
 """Quantize a model folder's fp32 set into sherpa-onnx's int8 release files.
 
 The fp32 encoder/decoder/joiner become `encoder.int8.onnx`, `decoder.int8.onnx`,
-`joiner.int8.onnx` (the names sherpa-onnx's releases use), quantized as
-sherpa-onnx's export scripts do it (onnxruntime `quantize_dynamic`, QUInt8 for
-the encoder, QInt8 for decoder and joiner, per tensor; see
-k2-fsa/sherpa-onnx scripts/nemo/parakeet-tdt-0.6b-v2/export_onnx.py), with
-the encoder's metadata carried over. Weights stream from disk one tensor at a
+`joiner.int8.onnx` (the names sherpa-onnx's releases use), in one of two schemes
+(fast_scheme.py): `fast` (the default: int8 where onnxruntime has a fast kernel, exact
+on every CPU) or `sherpa-onnx`, as sherpa-onnx's export scripts do it (onnxruntime
+`quantize_dynamic`, QUInt8 for the encoder, QInt8 for decoder and joiner, per tensor;
+see k2-fsa/sherpa-onnx scripts/nemo/parakeet-tdt-0.6b-v2/export_onnx.py), with the
+encoder's metadata carried over. Weights stream from disk one tensor at a
 time (ort_scheme.py, protowrite.py).
 
 Safety is prepare's: the source is locked (shared for --output, exclusive for
@@ -41,7 +42,8 @@ from ..rewriting.atomic import (
     temp_path,
 )
 from ..rewriting.lock import DEFAULT_WAIT, folder_locks
-from .ort_scheme import Spill, quantize_graph, weight_type_for
+from .fast_scheme import DEFAULT_SCHEME, SCHEMES, quantize_role, scheme_summary, scratch_bytes
+from .ort_scheme import Spill
 from .protowrite import write_model
 from .report import QUANTIZED_KEY, quantized_ops
 from .stubs import Store
@@ -163,6 +165,7 @@ def quantize_folder(
     force: bool = False,
     progress: Progress | None = None,
     wait: float = DEFAULT_WAIT,
+    scheme: str = DEFAULT_SCHEME,
 ) -> QuantizeResult:
     """Write encoder/decoder/joiner.int8.onnx from the fp32 set in `source`.
 
@@ -170,8 +173,9 @@ def quantize_folder(
     replaced only with `force`). `output`: a new folder in the layout of
     sherpa-onnx's int8 releases: the int8 set plus tokens.txt (and bpe.vocab).
     `exclude`: `[ROLE:]GLOB` patterns of node names kept in fp32 (e.g.
-    `encoder:/pre_encode/*`, `joiner:*`). Raises SherpaFixedError (exit 2) on bad
-    input, leaving nothing half-written.
+    `encoder:/pre_encode/*`, `joiner:*`). `scheme`: "fast" (fast_scheme.py) or
+    "sherpa-onnx" (onnxruntime's quantize_dynamic as sherpa-onnx's releases, byte for byte).
+    Raises SherpaFixedError (exit 2) on bad input, leaving nothing half-written.
     """
     from ..rewriting.prepare import check_output
 
@@ -183,6 +187,8 @@ def quantize_folder(
         raise BadInputError("--in-place and --output exclude each other")
     if not in_place and output is None:
         raise BadInputError("say where to write: --output DIR, or --in-place", path=source)
+    if scheme not in SCHEMES:
+        raise BadInputError(f"--scheme {scheme!r} is not a scheme", fix=f"use one of: {', '.join(SCHEMES)}")
     globs = parse_exclude(exclude)
     out_path = Path(output) if output is not None else None
     if out_path is not None:
@@ -190,9 +196,7 @@ def quantize_folder(
     locks: list[tuple[Path, bool]] = [(source, not in_place)]
     if out_path is not None:
         locks.append((Path(os.path.abspath(out_path)).parent, False))
-    scheme = {"method": "onnxruntime.quantize_dynamic", "per_channel": per_channel,
-              "weight_type": {role: weight_type_for(role) for role in ROLES},
-              "exclude": list(exclude)}
+    summary = {**scheme_summary(scheme, per_channel), "exclude": list(exclude)}
     with folder_locks(locks, wait=wait):
         t0 = time.perf_counter()
         if in_place:
@@ -207,13 +211,13 @@ def quantize_folder(
                 raise BadInputError(f"{existing[0]} already exists", path=source / existing[0],
                                     fix="pass --force to replace the int8 set, or use --output DIR")
         target = source if in_place else out_path
-        result = QuantizeResult(source, target, "in-place" if in_place else "output", scheme)
+        result = QuantizeResult(source, target, "in-place" if in_place else "output", summary)
         result.seconds["plan"] = time.perf_counter() - t0
         folder = source if in_place else Path(os.path.abspath(out_path)).parent
         check_writable(folder)
         need = sum(g.size + audit_external_data(g).external_bytes for g in graphs.values())
         # int8 is a quarter of fp32, and the encoder's spill file and its output exist at the same time.
-        check_free_space(folder, need // 2 + (64 << 20))
+        check_free_space(folder, scratch_bytes(need, scheme))
         staging = temp_path(source / "quantize" if in_place else Path(os.path.abspath(out_path)), "tmp")
         try:
             staging.mkdir()
@@ -231,7 +235,7 @@ def quantize_folder(
 
 
 def _quantize_all(graphs: dict[str, GraphFile], staging: Path, globs: dict[str, list[str]], per_channel: bool,
-                  scheme: dict, result: QuantizeResult, progress: Progress | None) -> None:
+                  scheme: str, result: QuantizeResult, progress: Progress | None) -> None:
     for role in ROLES:
         g = graphs[role]
         t = time.perf_counter()
@@ -244,13 +248,11 @@ def _quantize_all(graphs: dict[str, GraphFile], staging: Path, globs: dict[str, 
         tick_write = _ticker(progress, f"writing {name}", audit_external_data(g).external_bytes // 4 + g.size)
 
         try:
-            model, quantized = quantize_graph(g.path, weight_type=weight_type_for(role), per_channel=per_channel,
-                                              nodes_to_exclude=nodes, store=store, spill=spill, scratch=staging,
-                                              tick=tick_quantize)
+            model, quantized, record = quantize_role(g.path, role, scheme=scheme, per_channel=per_channel,
+                                                     nodes_to_exclude=nodes, store=store, spill=spill,
+                                                     scratch=staging, tick=tick_quantize, version=__version__,
+                                                     ort_version=_ort_version())
             spill.close()
-            record = {"version": __version__, "method": scheme["method"], "weight_type": weight_type_for(role),
-                      "per_channel": per_channel, "excluded_nodes": len(nodes), "weights_quantized": quantized,
-                      "onnxruntime": _ort_version()}
             entry = model.metadata_props.add()
             entry.key, entry.value = QUANTIZED_KEY, json.dumps(record, sort_keys=True)
             written = write_model(model, store, staging / name, f"{role}.int8.weights", tick=tick_write)
@@ -337,8 +339,11 @@ def _commit_output(staging: Path, source: Path, output: Path, result: QuantizeRe
 def render_quantize(result: QuantizeResult) -> str:
     """The text report: one line per int8 file, then where they are."""
     s = result.scheme
-    how = "per-channel" if s["per_channel"] else "per-tensor"
-    lines = [f"quantized {result.source} ({s['method']}, {how}"
+    if s["name"] == "sherpa-onnx":
+        how = f"{s['method']}, " + ("per-channel" if s["per_channel"] else "per-tensor")
+    else:
+        how = "encoder: MatMul-only, pointwise convolutions as MatMul, per-channel pair-safe int8"
+    lines = [f"quantized {result.source} (scheme {s['name']}: {how}"
              + (f", kept fp32: {', '.join(s['exclude'])}" if s["exclude"] else "") + ")"]
     for f in result.files:
         extra = f", {f['nodes_excluded']} node(s) kept fp32" if f["nodes_excluded"] else ""
