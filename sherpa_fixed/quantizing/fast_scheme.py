@@ -15,9 +15,9 @@ slow. This scheme, for the encoder:
   `vpmaddubsw`, which onnxruntime uses for u8s8 on x86 without VNNI, so the file computes the same
   on every CPU it is shipped to.
 
-Decoder and joiner (a few percent of a decode) keep onnxruntime's quantize_dynamic with QUInt8
-weights: u8u8 is exact on every CPU (widened to 16 bits before multiplying), and their LSTMs keep
-onnxruntime's DynamicQuantizeLSTM.
+Decoder and joiner (a few percent of a decode) are quantized as sherpa-onnx's releases do it
+(every operator onnxruntime can quantize: MatMuls, the decoder's LSTMs as DynamicQuantizeLSTM, its
+embedding), with the same pair-safe per-channel signed weights, so they too are exact everywhere.
 
 Everything streams as sherpa-onnx's scheme does (ort_scheme.py): onnxruntime's own ONNXQuantizer
 builds the graph pattern on a weightless model, and each weight is read, transposed or quantized,
@@ -41,13 +41,13 @@ FAST = "fast"
 SHERPA_ONNX = "sherpa-onnx"
 SCHEMES = (FAST, SHERPA_ONNX)
 DEFAULT_SCHEME = FAST
-ENCODER_METHOD = "sherpa-fixed fast int8"
+METHOD = "sherpa-fixed fast int8"
 
 
 def weight_type(scheme: str, role: str) -> str:
-    """sherpa-onnx's scripts: QUInt8 encoder, QInt8 decoder/joiner. fast: QInt8 encoder, QUInt8 decoder/joiner."""
+    """sherpa-onnx's scripts: QUInt8 encoder, QInt8 decoder/joiner. fast: QInt8 (pair-safe) for all three."""
     if scheme == FAST:
-        return "QInt8" if role == "encoder" else "QUInt8"
+        return "QInt8"
     return "QUInt8" if role == "encoder" else "QInt8"
 
 
@@ -57,9 +57,7 @@ def scheme_summary(scheme: str, per_channel: bool) -> dict:
     if scheme == SHERPA_ONNX:
         return {"name": SHERPA_ONNX, "method": "onnxruntime.quantize_dynamic", "per_channel": per_channel,
                 "weight_type": {r: weight_type(scheme, r) for r in roles}}
-    return {"name": FAST, "method": {"encoder": ENCODER_METHOD, "decoder": "onnxruntime.quantize_dynamic",
-                                     "joiner": "onnxruntime.quantize_dynamic"},
-            "per_channel": {"encoder": True, "decoder": per_channel, "joiner": per_channel},
+    return {"name": FAST, "method": METHOD, "per_channel": True, "pair_safe": True,
             "weight_type": {r: weight_type(scheme, r) for r in roles}}
 
 
@@ -81,9 +79,13 @@ def stub_io(store: Store, spill: Spill) -> WeightIO:
 
     def make(name: str, values: np.ndarray) -> TensorProto:
         t = numpy_helper.from_array(values, name)
-        if values.nbytes >= 1024:
-            spill.put(t)
-        return t
+        if values.nbytes < 1024:
+            return t
+        spill.put(t)
+        # A fresh message: protobuf keeps a cleared field's bytes until its message is freed (stubs.py).
+        stub = TensorProto()
+        stub.CopyFrom(t)
+        return stub
 
     return WeightIO(read=read, make=make)
 
@@ -104,7 +106,12 @@ def _pairsafe_quantizer_class():
     base = _quantizer_class()
 
     class PairSafeQuantizer(base):
-        """The streaming quantizer, with pair-safe per-column int8 for 2-D MatMul weights."""
+        """The streaming quantizer, with pair-safe per-channel int8 for 2-D weights.
+
+        MatMul weights are [K, N] with a scale per column (axis 1); LSTM weights reach here as
+        [4*hidden, input] with a scale per row (axis 0) and are transposed to [input, 4*hidden] for
+        the kernel by onnxruntime's LSTM quantizer afterwards, so K is their axis 1.
+        """
 
         max_pair: int = 0
 
@@ -113,15 +120,19 @@ def _pairsafe_quantizer_class():
             from onnx import helper, numpy_helper
 
             weight = self.model.get_initializer(weight_name)
-            if (weight is None or len(weight.dims) != 2 or channel_axis not in (1, -1)
+            if (weight is None or len(weight.dims) != 2 or channel_axis not in (0, 1, -1)
                     or weight_qType != TensorProto.INT8 or keep_float_weight):
                 return super().quantize_weight_per_channel_impl(weight_name, weight_qType, channel_axis,
                                                                 reduce_range, keep_float_weight)
             values = numpy_helper.to_array(self._full(weight))
-            q, scale = quantize_pairsafe(values)
+            if channel_axis == 0:
+                q, scale = quantize_pairsafe(values.T)
+                q = np.ascontiguousarray(q.T)
+            else:
+                q, scale = quantize_pairsafe(values)
             del values
-            self.max_pair = max(self.max_pair, max_pair_sum(q))
-            n = int(weight.dims[1])
+            self.max_pair = max(self.max_pair, max_pair_sum(q if channel_axis != 0 else q.T))
+            n = int(weight.dims[0 if channel_axis == 0 else 1])
             names = (weight_name + "_quantized", weight_name + "_zero_point", weight_name + "_scale")
             scale_t = helper.make_tensor(names[2], weight.data_type, [n], scale.tolist())
             zero_t = helper.make_tensor(names[1], TensorProto.INT8, [n], [0] * n)
@@ -135,9 +146,9 @@ def _pairsafe_quantizer_class():
     return PairSafeQuantizer
 
 
-def quantize_fast_encoder(src: Path, *, nodes_to_exclude: Sequence[str], store: Store, spill: Spill,
-                          scratch: Path, tick: Tick | None = None) -> tuple[ModelProto, int, dict]:
-    """The fast scheme for an encoder: returns the model (with stubs), the weights quantized, and a record."""
+def quantize_fast(src: Path, role: str, *, nodes_to_exclude: Sequence[str], store: Store, spill: Spill,
+                  scratch: Path, tick: Tick | None = None) -> tuple[ModelProto, int, dict]:
+    """The fast scheme for one model: returns the model (with stubs), the weights quantized, and a record."""
     excluded = set(nodes_to_exclude)
     report = PointwiseReport()
 
@@ -148,19 +159,22 @@ def quantize_fast_encoder(src: Path, *, nodes_to_exclude: Sequence[str], store: 
         report = rewrite_pointwise(model.graph, stub_io(store, spill), only=lambda n: n.name not in excluded)
         _type_new_tensors(model, known)
 
-    cls = _pairsafe_quantizer_class()
     holder: dict = {}
 
-    class Recording(cls):
+    class Recording(_pairsafe_quantizer_class()):
         def quantize_model(self):
             holder["q"] = self
             return super().quantize_model()
 
+    encoder = role == "encoder"
     model, count = quantize_graph(src, weight_type="QInt8", per_channel=True, nodes_to_exclude=sorted(excluded),
-                                  store=store, spill=spill, scratch=scratch, tick=tick, op_types=["MatMul"],
-                                  rewrite=rewrite, quantizer_class=Recording)
+                                  store=store, spill=spill, scratch=scratch, tick=tick,
+                                  op_types=["MatMul"] if encoder else None, rewrite=rewrite if encoder else None,
+                                  quantizer_class=Recording)
     q = holder.get("q")
-    info = {"pair_safe": True, "max_pair_sum": q.max_pair if q is not None else 0, **report.to_json()}
+    info = {"pair_safe": True, "max_pair_sum": q.max_pair if q is not None else 0}
+    if encoder:
+        info.update(report.to_json())
     return model, count, info
 
 
@@ -171,10 +185,10 @@ def quantize_role(src: Path, role: str, *, scheme: str, per_channel: bool, nodes
     written under QUANTIZED_KEY (report.py reads it back; sherpa-onnx's record is unchanged from before
     schemes existed, so that scheme's files stay byte-identical)."""
     wt = weight_type(scheme, role)
-    if scheme == FAST and role == "encoder":
-        model, count, info = quantize_fast_encoder(src, nodes_to_exclude=nodes_to_exclude, store=store, spill=spill,
-                                                   scratch=scratch, tick=tick)
-        record = {"version": version, "scheme": FAST, "method": ENCODER_METHOD, "weight_type": wt,
+    if scheme == FAST:
+        model, count, info = quantize_fast(src, role, nodes_to_exclude=nodes_to_exclude, store=store, spill=spill,
+                                           scratch=scratch, tick=tick)
+        record = {"version": version, "scheme": FAST, "method": METHOD, "weight_type": wt,
                   "per_channel": True, **info, "excluded_nodes": len(nodes_to_exclude), "weights_quantized": count,
                   "onnxruntime": ort_version}
         return model, count, record
@@ -183,8 +197,6 @@ def quantize_role(src: Path, role: str, *, scheme: str, per_channel: bool, nodes
     record = {"version": version, "method": "onnxruntime.quantize_dynamic", "weight_type": wt,
               "per_channel": per_channel, "excluded_nodes": len(nodes_to_exclude), "weights_quantized": count,
               "onnxruntime": ort_version}
-    if scheme != SHERPA_ONNX:
-        record["scheme"] = scheme
     return model, count, record
 
 
@@ -194,5 +206,5 @@ def scratch_bytes(fp32_bytes: int, scheme: str) -> int:
     return fp32_bytes // 2 + (fp32_bytes // 8 if scheme == FAST else 0) + (64 << 20)
 
 
-__all__ = ["DEFAULT_SCHEME", "FAST", "SCHEMES", "SHERPA_ONNX", "quantize_fast_encoder", "quantize_role",
+__all__ = ["DEFAULT_SCHEME", "FAST", "SCHEMES", "SHERPA_ONNX", "quantize_fast", "quantize_role",
            "scheme_summary", "scratch_bytes", "stub_io", "weight_type"]

@@ -342,7 +342,7 @@ def render_quantize(result: QuantizeResult) -> str:
     if s["name"] == "sherpa-onnx":
         how = f"{s['method']}, " + ("per-channel" if s["per_channel"] else "per-tensor")
     else:
-        how = "encoder: MatMul-only, pointwise convolutions as MatMul, per-channel pair-safe int8"
+        how = "per-channel pair-safe int8; encoder: MatMuls only, pointwise convolutions as MatMuls"
     lines = [f"quantized {result.source} (scheme {s['name']}: {how}"
              + (f", kept fp32: {', '.join(s['exclude'])}" if s["exclude"] else "") + ")"]
     for f in result.files:
