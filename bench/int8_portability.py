@@ -1,6 +1,7 @@
 """What an int8 encoder would compute on x86 CPUs without VNNI (issue 22, portability).
 
     python bench/int8_portability.py INT8_ENCODER --fp32 FP32_ENCODER [--seconds 20] [--end-to-end]
+    python bench/int8_portability.py INT8_MODEL --weights-only     # worst-case pair sums of any int8 file
 
 onnxruntime multiplies uint8 activations by int8 weights (the u8s8 GEMM that QInt8 weights
 reach) with `vpmaddubsw` on AVX2 and on AVX-512 without VNNI (MLAS: QgemmU8S8KernelAvx2.S,
@@ -248,6 +249,33 @@ def end_to_end(int8_path: Path, fp32_path: Path, feeds: list[dict]) -> dict:
     return result
 
 
+def weights_only(path: Path) -> list[dict]:
+    """Worst-case pair sums of every signed int8 weight the u8s8 kernels multiply (MatMulInteger, LSTMs)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {t.name: t for t in m.graph.initializer}
+    rows = []
+    for node in m.graph.node:
+        names = []
+        if node.op_type in ("MatMulInteger", "ConvInteger") and node.input[1] in inits:
+            names = [node.input[1]]
+        elif node.op_type == "DynamicQuantizeLSTM":
+            names = [n for n in node.input[1:3] if n in inits]
+        for name in names:
+            w = numpy_helper.to_array(inits[name])
+            if w.dtype != np.int8:
+                continue
+            mats = [w] if w.ndim == 2 else list(w.reshape(-1, *w.shape[-2:]))  # LSTM: [dir, K, N]
+            if node.op_type == "ConvInteger":
+                mats = [w.reshape(w.shape[0], -1).T]
+            for q in mats:
+                rows.append({"node": node.name, "weight": name, "K": int(q.shape[0]), "N": int(q.shape[1]),
+                             **weight_pairs(q)})
+    return rows
+
+
 def summary(rows: list[dict]) -> dict:
     worst = max(rows, key=lambda r: r["saturation_rel_error"]) if rows else {}
     return {"matmuls": len(rows), "max_same_sign_pair_sum": max(r["max_same_sign_pair_sum"] for r in rows),
@@ -265,7 +293,20 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="seconds of set A speech to run")
     ap.add_argument("--end-to-end", action="store_true")
     ap.add_argument("--name", default=None)
+    ap.add_argument("--weights-only", action="store_true", help="worst-case pair sums of the weights, no activations")
     a = ap.parse_args()
+    if a.weights_only:
+        rows = weights_only(a.int8)
+        res = {"int8": str(a.int8), "rows": rows,
+               "max_same_sign_pair_sum": max((r["max_same_sign_pair_sum"] for r in rows), default=0),
+               "weights_that_can_saturate": sum(r["pairs_that_can_saturate"] > 0 for r in rows),
+               "weights": len(rows),
+               "share_pairs_that_can_saturate": (sum(r["pairs_that_can_saturate"] for r in rows)
+                                                 / max(1, sum(r["pairs"] for r in rows)))}
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / f"int8-pairs-{a.name or a.int8.stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in res.items() if k != "rows"}))
+        return
     feeds = speech_feeds(a.fp32 or a.int8, a.seconds)
     rows = per_matmul(a.int8, a.fp32, feeds)
     res = {"int8": str(a.int8), "fp32": str(a.fp32), "seconds": a.seconds, "summary": summary(rows), "rows": rows}

@@ -10,6 +10,7 @@ installed release and 1.12.35) decodes them.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -156,21 +157,29 @@ def test_fast_scheme_structure_and_record(nemo_copy, tmp_path):
     assert ops["MatMulInteger"] == matmuls + pointwise and "ConvInteger" not in ops
     assert ops["Conv"] == sum(n.op_type == "Conv" for n in fp32.graph.node) - pointwise
     assert "DynamicQuantizeLSTM" in Counter(n.op_type for n in models["decoder"].graph.node)
+    layers = len({n.name.split("/")[1] for n in fp32.graph.node if n.name.startswith("/layers.")})
     for role, m in models.items():
         weights = int8_weights(m)
         assert weights, role
-        for name, q in weights.items():
-            assert q.dtype == np.int8, name
-            assert max_pair_sum(q) <= PAIR_LIMIT, name
         q_inits = {t.name: t for t in m.graph.initializer}
+        users = {n.input[1]: n.name for n in m.graph.node if n.op_type == "MatMulInteger"}
+        unsigned = [name for name, q in weights.items() if q.dtype == np.uint8]
+        # The attention's value and output projections keep 8-bit weights as uint8 (u8u8: exact everywhere).
+        assert all(re.search(r"/self_attn/linear_(v|out)/", users[name]) for name in unsigned)
+        assert len(unsigned) == (2 * layers if role == "encoder" else 0)
+        for name, q in weights.items():
+            assert q.dtype == np.int8 or name in unsigned, name
+            assert q.dtype == np.uint8 or max_pair_sum(q) <= PAIR_LIMIT, name
         for node in m.graph.node:
             if node.op_type == "MatMulInteger" and node.input[1] in q_inits:
                 zp = numpy_helper.to_array(q_inits[node.input[3]])
-                assert zp.shape == (q_inits[node.input[1]].dims[1],) and not zp.any()  # per column, symmetric
+                assert zp.shape == (q_inits[node.input[1]].dims[1],)  # per column
+                assert node.input[1] in unsigned or not zp.any()  # signed ones symmetric
         d = describe(m)
         assert d["int8_scheme"] == "fast" and d["exact_on_every_cpu"] is True, (role, d)
         assert d["by"]["scheme"] == "fast" and d["by"]["pair_safe"] and d["by"]["max_pair_sum"] <= PAIR_LIMIT
     assert describe(enc)["by"]["convs_as_matmul"] == pointwise
+    assert describe(enc)["by"]["uint8_weights"] == 2 * layers
 
 
 def test_fast_scheme_beats_sherpa_onnx_accuracy_and_stock_sherpa_onnx_decodes_it(tmp_path, old_sherpa_python):

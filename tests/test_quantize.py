@@ -297,7 +297,8 @@ def test_inspect_reports_how_it_was_quantized(nemo_copy, tmp_path):
     int8 = next(v for v in doc["variants"] if v["name"] == "int8")
     q = int8["models"]["encoder"]["quantization"]
     assert q["by"]["weight_type"] == "QInt8" and q["by"]["excluded_nodes"] > 0 and q["int8_scheme"] == "fast"
-    assert q["operators"]["MatMulInteger"] > 0 and q["weights"] == {"int8": q["by"]["weights_quantized"]}
+    assert q["operators"]["MatMulInteger"] > 0 and sum(q["weights"].values()) == q["by"]["weights_quantized"]
+    assert q["weights"]["uint8"] == q["by"]["uint8_weights"] > 0  # attention v/out: full 8-bit, exact everywhere
     assert q["exact_on_every_cpu"] is True
     fp32 = next(v for v in doc["variants"] if v["name"] == "fp32")
     assert fp32["models"]["encoder"]["quantization"] is None
