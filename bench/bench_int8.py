@@ -7,6 +7,7 @@
     python bench/bench_int8.py error   --root DIR [--seconds 60]
     python bench/bench_int8.py wer     [--model DIR] [--set DIR]       # the speech model, stock sherpa-onnx
     python bench/bench_int8.py quantize --fp32 DIR [--repeat 1]       # our quantizer at 1.1B: time, peak RSS
+    python bench/bench_int8.py report [--tags l42 l6]                 # markdown of the results in bench/out
 
 A ROOT folder holds `fp32/` (a prepared fp32 folder or a link to one), `sherpa-onnx/` and `fast/`
 (made by `build`: `sherpa-fixed quantize --scheme sherpa-onnx` is onnxruntime's release file byte for
@@ -363,6 +364,63 @@ def quantize(args) -> dict:
     return {"fp32": args.fp32, "schemes": out}
 
 
+# ----------------------------------------------------------------------------- markdown for docs/quantize.md
+
+
+def report(args) -> dict:
+    """Markdown tables of whatever results are in bench/out (int8-*.json)."""
+    def load(name: str) -> dict | None:
+        p = OUT / f"int8-{name}.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    out = []
+    for tag in args.tags:
+        for threads in (1, 2):
+            r = load(f"encoder-{tag}-t{threads}")
+            if not r:
+                continue
+            out += [f"encoder alone, {tag}, {threads} thread(s), onnxruntime {r['onnxruntime']}, {r['rounds']} rounds:",
+                    "", "| encoder | input | CPU s | wall s | CPU x fp32 | wall x fp32 | CPU x release | "
+                    "wall x release |", "|---|---|---|---|---|---|---|---|"]
+            for x in r["rows"]:
+                out.append(f"| {x['variant']} | {x['seconds']} s | {x['cpu_s']:.3f} | {x['wall_s']:.3f} | "
+                           f"{x['cpu_x_vs_fp32']:.2f} | {x['wall_x_vs_fp32']:.2f} | {x['cpu_x_vs_sherpa-onnx']:.2f} | "
+                           f"{x['wall_x_vs_sherpa-onnx']:.2f} |")
+            out.append("")
+        r = load(f"decode-{tag}")
+        if r:
+            out += [f"stock sherpa-onnx {r['sherpa_onnx']}, {tag}, {r['threads']} threads, {r['rounds']} rounds "
+                    "(fresh process per run):", "",
+                    "| set | load s | peak RSS MB | input | decode wall s | RTF | wall x fp32 | CPU x fp32 | "
+                    "wall x release | CPU x release |", "|---|---|---|---|---|---|---|---|---|---|"]
+            for x in r["rows"]:
+                for s in ("10s", "60s"):
+                    y = x[s]
+                    out.append(f"| {x['variant']} | {x['load_s']:.1f} | {x['peak_rss_mb']:.0f} | {s} | "
+                               f"{y['wall_s']:.2f} | {y['rtf']:.3f} | {y['wall_x_vs_fp32']:.2f} | "
+                               f"{y['cpu_x_vs_fp32']:.2f} | {y['wall_x_vs_sherpa-onnx']:.2f} | "
+                               f"{y['cpu_x_vs_sherpa-onnx']:.2f} |")
+            out.append("")
+        for secs in (60, 10):
+            r = load(f"profile-{tag}-{secs}s")
+            if not r:
+                continue
+            prof = r["profiles"]
+            groups = list(dict.fromkeys(g for p in prof.values() for g in p["by_group"]))
+            out += [f"profile, {tag}, {secs} s input, 1 thread (ms of kernel time per run):", "",
+                    "| what | " + " | ".join(prof) + " |", "|---" * (len(prof) + 1) + "|"]
+            for g in groups:
+                out.append(f"| {g} | " + " | ".join(f"{p['by_group'].get(g, 0):.0f}" for p in prof.values()) + " |")
+            out.append("| **total** | " + " | ".join(f"**{p['kernels_ms']:.0f}**" for p in prof.values()) + " |")
+            out.append("")
+            out += ["by operator type (ms): " + "; ".join(
+                f"{v}: " + ", ".join(f"{k} {ms:.0f}" for k, ms in list(p["by_op"].items())[:8])
+                for v, p in prof.items()), ""]
+    text = "\n".join(out)
+    print(text)
+    return {"markdown": text}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -384,15 +442,19 @@ def main() -> None:
     q.add_argument("--fp32", required=True)
     q.add_argument("--repeat", type=int, default=1)
     q.add_argument("--work", default="/work/scratch")
+    rep = sub.add_parser("report")
+    rep.add_argument("--tags", nargs="*", default=["l42", "l6"])
     for p in sub.choices.values():
         p.add_argument("--no-lock", action="store_true", help="do not take the heavy-job lock")
         p.add_argument("--name", default=None, help="results file suffix")
     args = ap.parse_args()
     fn = {"build": build, "encoder": encoder, "decode": decode, "profile": profile, "error": error, "wer": wer,
-          "quantize": quantize}[args.what]
-    with heavy_lock(not args.no_lock):
+          "quantize": quantize, "report": report}[args.what]
+    with heavy_lock(not args.no_lock and args.what != "report"):
         res = fn(args)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.what == "report":
+        return
     tag = args.name or Path(getattr(args, "root", None) or getattr(args, "fp32", None) or args.model).name
     (OUT / f"int8-{args.what}-{tag}.json").write_text(json.dumps(res, indent=1) + "\n")
 

@@ -459,8 +459,8 @@ def export_cmd(model, out_dir, int8, static_frames, force, audio, no_check, num_
                    "MatMuls (2-3.5x fp32 on the 1.1B encoder, exact on every CPU); sherpa-onnx: its release "
                    "setting, byte for byte onnxruntime's quantize_dynamic.")
 @click.option("--per-channel", is_flag=True,
-              help="One scale per output channel for MatMul weights (onnxruntime's per_channel; the fast "
-                   "scheme's encoder always has it); docs/quantize.md has what each option measured.")
+              help="sherpa-onnx scheme: one scale per output channel for MatMul weights (onnxruntime's "
+                   "per_channel; the fast scheme always has it); docs/quantize.md has what each option measured.")
 @click.option("--exclude", "exclude", multiple=True, metavar="[ROLE:]GLOB",
               help="Keep nodes whose name matches GLOB in fp32, in ROLE (encoder, decoder, joiner) or in all three; "
                    "e.g. 'encoder:/pre_encode/*' or 'joiner:*'. Repeatable.")

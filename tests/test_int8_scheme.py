@@ -208,10 +208,13 @@ def test_inspect_names_the_scheme_of_each_file(nemo_copy, tmp_path):
 
     src, _ = nemo_copy("rnnt-80")
     quantize_folder(src, in_place=True)
-    doc = inspect_folder(src).to_json()
+    report = inspect_folder(src)
+    doc = report.to_json()
     int8 = next(v for v in doc["variants"] if v["name"] == "int8")
     assert {r: m["quantization"]["int8_scheme"] for r, m in int8["models"].items()} == dict.fromkeys(
         ("encoder", "decoder", "joiner"), "fast")
+    res = CliRunner().invoke(main, ["inspect", str(src)])
+    assert "int8 scheme: encoder fast (exact on every CPU), decoder fast (exact on every CPU)" in res.output
     for role, qtype in (("encoder", QuantType.QUInt8), ("decoder", QuantType.QInt8)):
         out = tmp_path / f"{role}.onnx"
         quantize_dynamic(str(src / f"{role}.onnx"), str(out), weight_type=qtype)
