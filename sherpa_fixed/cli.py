@@ -477,25 +477,32 @@ def export_cmd(model, out_dir, int8, static_frames, force, audio, no_check, num_
 @click.option("-o", "--output", type=click.Path(file_okay=False),
               help="Write a new folder in the layout of sherpa-onnx's int8 releases (int8 set + tokens.txt).")
 @click.option("--in-place", is_flag=True, help="Add the int8 files beside the fp32 set in MODEL_DIR.")
+@click.option("--scheme", type=click.Choice(["fast", "sherpa-onnx"]), default="fast", show_default=True,
+              help="fast: int8 MatMuls with pair-safe signed weights, the encoder's pointwise convolutions as "
+                   "MatMuls (2-3.5x fp32 on the 1.1B encoder, exact on every CPU); sherpa-onnx: its release "
+                   "setting, byte for byte onnxruntime's quantize_dynamic.")
 @click.option("--per-channel", is_flag=True,
-              help="One scale per output channel for MatMul weights (onnxruntime's per_channel); "
-                   "docs/quantize.md has what each option measured.")
+              help="sherpa-onnx scheme: one scale per output channel for MatMul weights (onnxruntime's "
+                   "per_channel; the fast scheme always has it); docs/quantize.md has what each option measured.")
 @click.option("--exclude", "exclude", multiple=True, metavar="[ROLE:]GLOB",
               help="Keep nodes whose name matches GLOB in fp32, in ROLE (encoder, decoder, joiner) or in all three; "
                    "e.g. 'encoder:/pre_encode/*' or 'joiner:*'. Repeatable.")
 @click.option("--force", is_flag=True, help="Replace existing int8 files (--in-place) or a non-empty --output.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @handle_errors
-def quantize_cmd(model_dir, output, in_place, per_channel, exclude, force, as_json):
+def quantize_cmd(model_dir, output, in_place, per_channel, exclude, force, as_json, scheme):
     """Write encoder/decoder/joiner.int8.onnx from MODEL_DIR's fp32 set, in bounded memory.
 
-    The scheme is onnxruntime's quantize_dynamic with sherpa-onnx's settings
-    (QUInt8 encoder, QInt8 decoder and joiner, per tensor), and the result is
-    equal to what onnxruntime writes; but weights are read, quantized and
-    written one tensor at a time, so the 1.1B encoder needs a fraction of the
-    memory. The encoder metadata is carried over; a model that fits in 2 GiB
-    is written as one self-contained file. Every file is written under a temp
-    name and renamed into place.
+    The default scheme, fast, quantizes the encoder's MatMuls (its pointwise
+    convolutions become MatMuls first, exactly) to signed int8 weights, one
+    scale per output column, chosen so that no CPU's int8 kernel can saturate;
+    decoder and joiner get QUInt8. --scheme sherpa-onnx is sherpa-onnx's
+    release setting (onnxruntime's quantize_dynamic, QUInt8 encoder, QInt8
+    decoder and joiner), equal to what onnxruntime writes. Either way weights
+    are read, quantized and written one tensor at a time, so the 1.1B encoder
+    needs a fraction of the memory. The encoder metadata is carried over; a
+    model that fits in 2 GiB is written as one self-contained file. Every file
+    is written under a temp name and renamed into place.
 
     Exit code: 0 written, 2 bad input (nothing written).
     """
@@ -504,7 +511,7 @@ def quantize_cmd(model_dir, output, in_place, per_channel, exclude, force, as_js
     bar = _Bar(enabled=not as_json)
     try:
         result = quantize_folder(model_dir, output=output, in_place=in_place, per_channel=per_channel,
-                                 exclude=list(exclude), force=force, progress=bar)
+                                 exclude=list(exclude), force=force, progress=bar, scheme=scheme)
     finally:
         bar.close()
     if as_json:

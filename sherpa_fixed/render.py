@@ -29,6 +29,20 @@ def _port_line(p: Port) -> str:
     return f"{p.name} {p.shape_text()} {p.dtype}: {roles}"
 
 
+def _int8_line(v: VariantReport) -> str | None:
+    """Which int8 scheme each quantized model uses, and whether its int8 products are exact on every CPU."""
+    from .reading.quantization import describe
+
+    parts = []
+    for role, m in v.models.items():
+        d = describe(m.graph.model, m.graph.metadata)
+        if d is not None:
+            exact = {True: "exact on every CPU", False: "signed int8: may saturate on x86 without VNNI",
+                     None: ""}[d.get("exact_on_every_cpu")]
+            parts.append(f"{role} {d['int8_scheme']}" + (f" ({exact})" if exact else ""))
+    return "  int8 scheme: " + ", ".join(parts) if parts else None
+
+
 def render_variant(v: VariantReport, verbose: bool = False) -> list[str]:
     lines = [f"[{v.name}] " + ", ".join(f"{m.graph.name} ({human_bytes(m.graph.size)}"
                                         + (f" + {human_bytes(m.external.external_bytes)} external)"
@@ -48,6 +62,9 @@ def render_variant(v: VariantReport, verbose: bool = False) -> list[str]:
     if meas.get("tdt") is not None:
         parts.append(f"TDT with {meas.get('num_durations')} durations" if meas.get("tdt") else "plain RNNT")
     lines.append("  measured: " + ", ".join(parts))
+    int8 = _int8_line(v)
+    if int8:
+        lines.append(int8)
     if verbose:
         for key, m in meas.values.items():
             lines.append(f"    {key} = {m.value}  ({m.source})")

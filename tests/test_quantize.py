@@ -1,10 +1,12 @@
-"""sherpa-fixed quantize: equal to onnxruntime's quantize_dynamic, streamed, and safe.
+"""sherpa-fixed quantize: streamed and safe; `--scheme sherpa-onnx` equal to onnxruntime's quantize_dynamic.
 
 Equality is checked against onnxruntime itself, run here on the same files:
 the whole ModelProto (nodes, initializers with their int8 bytes, scales and
 zero points, value_info, opsets, metadata) must be equal once our one
 metadata key is removed, on factory models in every weight layout, on the
-genuine tiny NeMo exports and on the speech model.
+genuine tiny NeMo exports and on the speech model. The default scheme (fast)
+goes through the same streaming and safety tests; its own properties are in
+tests/test_int8_scheme.py.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from sherpa_fixed.reading.quantization import QUANTIZED_KEY, describe
 from sherpa_fixed.safety.output import MARKER
 
 from .conftest import NEMO_DIR, NEMO_VARIANTS, REPO
+
+SHERPA = "sherpa-onnx"  # the scheme equal to onnxruntime's quantize_dynamic
 
 SPEECH = Path(__file__).parent / "data" / "speech" / "dynamic"  # the vendored speech model (PROVENANCE.md)
 ROLES = ("encoder", "decoder", "joiner")
@@ -82,7 +86,7 @@ def check_folder(src: Path, out: Path, tmp: Path, **kw) -> None:
 @pytest.mark.parametrize("external", ["none", "single", "scattered"])
 def test_factory_models_equal_onnxruntime(make_folder, tmp_path, external):
     src = make_folder("m", external=external, d_model=48, layers=2, attention_heads=2)
-    result = quantize_folder(src, output=tmp_path / "q")
+    result = quantize_folder(src, output=tmp_path / "q", scheme=SHERPA)
     assert result.exit_code == 0
     assert sorted(result.written) == [f"{r}.int8.onnx" for r in sorted(ROLES)] + ["tokens.txt"]
     check_folder(src, tmp_path / "q", tmp_path)
@@ -91,7 +95,7 @@ def test_factory_models_equal_onnxruntime(make_folder, tmp_path, external):
 @pytest.mark.parametrize("variant", [v for v in NEMO_VARIANTS if "static" not in v])
 def test_genuine_nemo_exports_equal_onnxruntime(nemo_copy, tmp_path, variant):
     src, _ = nemo_copy(variant)
-    quantize_folder(src, output=tmp_path / "q")
+    quantize_folder(src, output=tmp_path / "q", scheme=SHERPA)
     check_folder(src, tmp_path / "q", tmp_path)
 
 
@@ -103,12 +107,19 @@ def test_genuine_export_as_torch_writes_it_over_2gib(nemo_copy, tmp_path):
               size_threshold=0, convert_attribute=True)
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for n in onnx.load(str(src / "encoder.onnx"),
                load_external_data=False).graph.node for a in n.attribute for t in [a.t] if a.HasField("t"))
-    quantize_folder(src, output=tmp_path / "q")
+    quantize_folder(src, output=tmp_path / "q", scheme=SHERPA)
     check_folder(src, tmp_path / "q", tmp_path)
+    # The fast scheme reads (and transposes) the per-tensor pointwise weights from this layout too.
+    quantize_folder(src, output=tmp_path / "fast")
+    feed = {"audio_signal": np.random.default_rng(0).standard_normal((1, 80, 300)).astype(np.float32),
+            "length": np.array([300], dtype=np.int64)}
+    want = ort.InferenceSession(str(NEMO_DIR / "tdt-80" / "encoder.onnx")).run(None, feed)[0]  # the same model
+    got = ort.InferenceSession(str(tmp_path / "fast" / "encoder.int8.onnx")).run(None, feed)[0]
+    assert np.sqrt(np.mean((got - want) ** 2) / np.mean(want ** 2)) < 0.05
 
 
 def test_speech_model_equal_onnxruntime_and_decodes_the_same(tmp_path):
-    quantize_folder(SPEECH, output=tmp_path / "q")
+    quantize_folder(SPEECH, output=tmp_path / "q", scheme=SHERPA)
     check_folder(SPEECH, tmp_path / "q", tmp_path)
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "q" / "encoder.int8.onnx")).metadata_props}
     fp32 = {p.key: p.value for p in onnx.load(str(SPEECH / "encoder.onnx")).metadata_props}
@@ -120,7 +131,7 @@ def test_per_channel_and_exclude_equal_onnxruntime(nemo_copy, tmp_path):
     names = [n.name for n in onnx.load(str(src / "encoder.onnx")).graph.node]
     pre = [n for n in names if n.startswith("/pre_encode/")]
     assert pre
-    quantize_folder(src, output=tmp_path / "q", per_channel=True, exclude=["encoder:/pre_encode/*"])
+    quantize_folder(src, output=tmp_path / "q", per_channel=True, exclude=["encoder:/pre_encode/*"], scheme=SHERPA)
     theirs = ort_quantize(src / "encoder.onnx", tmp_path / "ort.onnx", "encoder", per_channel=True,
                           nodes_to_exclude=pre)
     assert_equal_to_ort(tmp_path / "q" / "encoder.int8.onnx", theirs)
@@ -275,7 +286,8 @@ def test_cli_json_and_exit_codes(nemo_copy, tmp_path):
     res = runner.invoke(main, ["quantize", str(src), "-o", str(tmp_path / "q"), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
-    assert doc["schema"] == "sherpa-fixed/quantize" and doc["scheme"]["weight_type"]["encoder"] == "QUInt8"
+    assert doc["schema"] == "sherpa-fixed/quantize" and doc["scheme"]["weight_type"]["encoder"] == "QInt8"
+    assert doc["scheme"]["name"] == "fast"
     assert [f["output"] for f in doc["files"]] == [f"{r}.int8.onnx" for r in ROLES]
     res = runner.invoke(main, ["quantize", str(src)])
     assert res.exit_code == 2 and "--in-place" in res.output
@@ -291,8 +303,10 @@ def test_inspect_reports_how_it_was_quantized(nemo_copy, tmp_path):
     doc = inspect_folder(src).to_json()
     int8 = next(v for v in doc["variants"] if v["name"] == "int8")
     q = int8["models"]["encoder"]["quantization"]
-    assert q["by"]["weight_type"] == "QUInt8" and q["by"]["excluded_nodes"] > 0
-    assert q["operators"]["MatMulInteger"] > 0 and q["weights"] == {"uint8": q["by"]["weights_quantized"]}
+    assert q["by"]["weight_type"] == "QInt8" and q["by"]["excluded_nodes"] > 0 and q["int8_scheme"] == "fast"
+    assert q["operators"]["MatMulInteger"] > 0 and sum(q["weights"].values()) == q["by"]["weights_quantized"]
+    assert q["weights"]["uint8"] == q["by"]["uint8_weights"] > 0  # attention v/out: full 8-bit, exact everywhere
+    assert q["exact_on_every_cpu"] is True
     fp32 = next(v for v in doc["variants"] if v["name"] == "fp32")
     assert fp32["models"]["encoder"]["quantization"] is None
 
@@ -303,7 +317,7 @@ def test_prepare_and_quantize_take_each_others_output(nemo_copy, tmp_path):
     src, _ = nemo_copy("tdt-80")  # a raw export: prepare adds the metadata sherpa-onnx needs
     prepared = prepare_folder(src, output=tmp_path / "prepared", verify="fast")
     assert prepared.exit_code == 0
-    quantize_folder(tmp_path / "prepared", in_place=True)
+    quantize_folder(tmp_path / "prepared", in_place=True, scheme=SHERPA)
     check_folder(tmp_path / "prepared", tmp_path / "prepared", tmp_path)
     raw_q = quantize_folder(src, output=tmp_path / "rawq")
     assert raw_q.exit_code == 0
@@ -382,7 +396,7 @@ def test_windowed_encoder_is_refused_with_the_order_that_works(tmp_path):
 def test_file_is_onnxruntimes_bytes_then_our_metadata_entry(nemo_copy, tmp_path):
     """Byte identity, the form the 1.1B benchmark checks by streaming: onnxruntime's file is a prefix of ours."""
     src, _ = nemo_copy("tdt-128")
-    quantize_folder(src, output=tmp_path / "q")
+    quantize_folder(src, output=tmp_path / "q", scheme=SHERPA)
     for role in ROLES:
         ort_quantize(src / f"{role}.onnx", tmp_path / f"ort-{role}.onnx", role)
         theirs = (tmp_path / f"ort-{role}.onnx").read_bytes()

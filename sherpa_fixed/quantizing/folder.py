@@ -1,11 +1,12 @@
 """Quantize a model folder's fp32 set into sherpa-onnx's int8 release files.
 
 The fp32 encoder/decoder/joiner become `encoder.int8.onnx`, `decoder.int8.onnx`,
-`joiner.int8.onnx` (the names sherpa-onnx's releases use), quantized as
-sherpa-onnx's export scripts do it (onnxruntime `quantize_dynamic`, QUInt8 for
-the encoder, QInt8 for decoder and joiner, per tensor; see
-k2-fsa/sherpa-onnx scripts/nemo/parakeet-tdt-0.6b-v2/export_onnx.py), with
-the encoder's metadata carried over. Weights stream from disk one tensor at a
+`joiner.int8.onnx` (the names sherpa-onnx's releases use), in one of two schemes
+(fast_scheme.py): `fast` (the default: int8 where onnxruntime has a fast kernel, exact
+on every CPU) or `sherpa-onnx`, as sherpa-onnx's export scripts do it (onnxruntime
+`quantize_dynamic`, QUInt8 for the encoder, QInt8 for decoder and joiner, per tensor;
+see k2-fsa/sherpa-onnx scripts/nemo/parakeet-tdt-0.6b-v2/export_onnx.py), with the
+encoder's metadata carried over. Weights stream from disk one tensor at a
 time (ort_scheme.py, protowrite.py).
 
 Safety is the shared mechanism's (safety/, docs/safety.md): the source is
@@ -39,7 +40,8 @@ from ..safety.confine import inside
 from ..safety.lock import DEFAULT_WAIT
 from ..safety.output import StagedOutput, check_output, staged_output
 from ..safety.session import writing
-from .ort_scheme import Spill, quantize_graph, weight_type_for
+from .fast_scheme import DEFAULT_SCHEME, SCHEMES, quantize_role, scheme_summary, scratch_bytes
+from .ort_scheme import Spill
 from .protowrite import write_model
 from .stubs import Store
 
@@ -159,6 +161,7 @@ def quantize_folder(
     force: bool = False,
     progress: Progress | None = None,
     wait: float = DEFAULT_WAIT,
+    scheme: str = DEFAULT_SCHEME,
 ) -> QuantizeResult:
     """Write encoder/decoder/joiner.int8.onnx from the fp32 set in `source`.
 
@@ -166,9 +169,10 @@ def quantize_folder(
     replaced only with `force`). `output`: a new folder in the layout of
     sherpa-onnx's int8 releases: the int8 set plus tokens.txt (and bpe.vocab).
     `exclude`: `[ROLE:]GLOB` patterns of node names kept in fp32 (e.g.
-    `encoder:/pre_encode/*`, `joiner:*`). Raises SherpaFixedError (exit 2) on bad
-    input, leaving nothing half-written. Safety is the shared mechanism's
-    (safety/): locks, a journal for in-place runs, a staged output folder.
+    `encoder:/pre_encode/*`, `joiner:*`). `scheme`: "fast" (fast_scheme.py) or
+    "sherpa-onnx" (onnxruntime's quantize_dynamic as sherpa-onnx's releases, byte for byte).
+    Raises SherpaFixedError (exit 2) on bad input, leaving nothing half-written. Safety is the shared
+    mechanism's (safety/): locks, a journal for in-place runs, a staged output folder.
     """
     source = Path(source)
     if not source.is_dir():
@@ -178,13 +182,13 @@ def quantize_folder(
         raise BadInputError("--in-place and --output exclude each other")
     if not in_place and output is None:
         raise BadInputError("say where to write: --output DIR, or --in-place", path=source)
+    if scheme not in SCHEMES:
+        raise BadInputError(f"--scheme {scheme!r} is not a scheme", fix=f"use one of: {', '.join(SCHEMES)}")
     globs = parse_exclude(exclude)
     out_path = Path(output) if output is not None else None
     if out_path is not None:
         check_output(source, out_path, force)
-    scheme = {"method": "onnxruntime.quantize_dynamic", "per_channel": per_channel,
-              "weight_type": {role: weight_type_for(role) for role in ROLES},
-              "exclude": list(exclude)}
+    summary = {**scheme_summary(scheme, per_channel), "exclude": list(exclude)}
     with writing(source, output=out_path, in_place=in_place, wait=wait, referenced=lambda: referenced_in(source)):
         t0 = time.perf_counter()
         graphs = _fp32_set(source)
@@ -195,11 +199,11 @@ def quantize_folder(
                 raise BadInputError(f"{existing[0]} already exists", path=source / existing[0],
                                     fix="pass --force to replace the int8 set, or use --output DIR")
         target = source if in_place else out_path
-        result = QuantizeResult(source, target, "in-place" if in_place else "output", scheme)
+        result = QuantizeResult(source, target, "in-place" if in_place else "output", summary)
         result.seconds["plan"] = time.perf_counter() - t0
         need = sum(g.size + audit_external_data(g).external_bytes for g in graphs.values())
         # int8 is a quarter of fp32, and the encoder's spill file and its output exist at the same time.
-        need = need // 2 + (64 << 20)
+        need = scratch_bytes(need, scheme)
         if in_place:
             check_writable(source)
             check_free_space(source, need)
@@ -225,7 +229,7 @@ def quantize_folder(
 
 
 def _quantize_all(graphs: dict[str, GraphFile], staging: Path, globs: dict[str, list[str]], per_channel: bool,
-                  scheme: dict, result: QuantizeResult, progress: Progress | None) -> None:
+                  scheme: str, result: QuantizeResult, progress: Progress | None) -> None:
     for role in ROLES:
         g = graphs[role]
         t = time.perf_counter()
@@ -238,13 +242,11 @@ def _quantize_all(graphs: dict[str, GraphFile], staging: Path, globs: dict[str, 
         tick_write = _ticker(progress, f"writing {name}", audit_external_data(g).external_bytes // 4 + g.size)
 
         try:
-            model, quantized = quantize_graph(g.path, weight_type=weight_type_for(role), per_channel=per_channel,
-                                              nodes_to_exclude=nodes, store=store, spill=spill, scratch=staging,
-                                              tick=tick_quantize)
+            model, quantized, record = quantize_role(g.path, role, scheme=scheme, per_channel=per_channel,
+                                                     nodes_to_exclude=nodes, store=store, spill=spill,
+                                                     scratch=staging, tick=tick_quantize, version=__version__,
+                                                     ort_version=_ort_version())
             spill.close()
-            record = {"version": __version__, "method": scheme["method"], "weight_type": weight_type_for(role),
-                      "per_channel": per_channel, "excluded_nodes": len(nodes), "weights_quantized": quantized,
-                      "onnxruntime": _ort_version()}
             entry = model.metadata_props.add()
             entry.key, entry.value = QUANTIZED_KEY, json.dumps(record, sort_keys=True)
             written = write_model(model, store, staging / name, f"{role}.int8.weights", tick=tick_write)
@@ -312,8 +314,11 @@ def _commit_output(out: StagedOutput, source: Path, result: QuantizeResult) -> N
 def render_quantize(result: QuantizeResult) -> str:
     """The text report: one line per int8 file, then where they are."""
     s = result.scheme
-    how = "per-channel" if s["per_channel"] else "per-tensor"
-    lines = [f"quantized {result.source} ({s['method']}, {how}"
+    if s["name"] == "sherpa-onnx":
+        how = f"{s['method']}, " + ("per-channel" if s["per_channel"] else "per-tensor")
+    else:
+        how = "per-channel pair-safe int8; encoder: MatMuls only, pointwise convolutions as MatMuls"
+    lines = [f"quantized {result.source} (scheme {s['name']}: {how}"
              + (f", kept fp32: {', '.join(s['exclude'])}" if s["exclude"] else "") + ")"]
     for f in result.files:
         extra = f", {f['nodes_excluded']} node(s) kept fp32" if f["nodes_excluded"] else ""

@@ -216,23 +216,33 @@ def _materialize_gemm_b(model: ModelProto, store: Store) -> None:
 
 
 def quantize_graph(src: Path, *, weight_type: str, per_channel: bool = False, nodes_to_exclude: Sequence[str] = (),
-                   store: Store, spill: Spill, scratch: Path, tick: Tick | None = None) -> tuple[ModelProto, int]:
-    """Quantize one graph as quantize_dynamic would; returns the model (with stubs) and the weights quantized."""
+                   store: Store, spill: Spill, scratch: Path, tick: Tick | None = None,
+                   op_types: Sequence[str] | None = None, rewrite: Callable[[ModelProto], None] | None = None,
+                   quantizer_class: type | None = None) -> tuple[ModelProto, int]:
+    """Quantize one graph as quantize_dynamic would; returns the model (with stubs) and the weights quantized.
+
+    The defaults are quantize_dynamic's (sherpa-onnx's scheme). Other schemes (fast_scheme.py) pass
+    the operator types to quantize, a `rewrite` of the stubbed graph before quantization, and a
+    quantizer subclass with their own weight quantization.
+    """
     QuantType, _, QuantizationMode, _, update_opset_version, IntegerOpsRegistry = _ort()
     qtype = QuantType.QUInt8 if weight_type == "QUInt8" else QuantType.QInt8
     with _quiet_ort():
         model = load_inferred(src, scratch)
         stub_external(model, src, store)
         _materialize_gemm_b(model, store)
+        if rewrite is not None:
+            rewrite(model)
         model = update_opset_version(model, qtype)
-        cls = _quantizer_class()
+        cls = quantizer_class or _quantizer_class()
         quantizer = cls.__new__(cls)
         quantizer.store, quantizer.spill, quantizer.tick = store, spill, tick
         quantizer.keep = {i for n in model.graph.node if n.op_type == "LSTM" for i in n.input[1:3]}
         # quantize_dynamic's arguments with sherpa-onnx's settings: static=False, reduce_range=False,
         # activations QUInt8, all of IntegerOpsRegistry, nodes_to_quantize=[], MatMulConstBOnly.
         cls.__init__(quantizer, model, per_channel, False, QuantizationMode.IntegerOps, False, qtype,
-                     QuantType.QUInt8, None, [], list(nodes_to_exclude), list(IntegerOpsRegistry.keys()),
+                     QuantType.QUInt8, None, [], list(nodes_to_exclude),
+                     list(op_types) if op_types is not None else list(IntegerOpsRegistry.keys()),
                      {"MatMulConstBOnly": True})
         quantizer.quantize_model()
         out = quantizer.model
@@ -250,4 +260,4 @@ def node_names(src: Path) -> list[str]:
     return [n.name for n in g.graph.node]
 
 
-__all__ = ["Spill", "node_names", "quantize_graph", "stub_bytes", "weight_type_for"]
+__all__ = ["Spill", "load_inferred", "node_names", "quantize_graph", "stub_bytes", "weight_type_for"]
