@@ -24,9 +24,32 @@ def oracle_clip(seed: int, tokens: int = 6, rate: int = 16000, channels: int = 1
     """(frames x channels float32 at `rate`, the text the oracle model reads from it)."""
     toks = random_tokens(tokens, seed)
     audio, _ = oracle_audio(toks, seed=seed)
-    if rate != 16000:
+    if rate == 48000 and len(audio) > 60 * 16000:  # long: 3x by interpolation (the sinc resampler takes seconds)
+        audio = np.interp(np.arange(len(audio) * 3) / 3, np.arange(len(audio)), audio).astype(np.float32)
+    elif rate != 16000:
         audio = resample(audio, 16000, rate)
     return np.repeat(audio[:, None], channels, axis=1).astype(np.float32), expected_text(toks)
+
+
+def make_long_corpus(root: Path, n: int, tokens: int) -> tuple[Path, str]:
+    """A manifest listing one oracle-tone FLAC (22.05 kHz) n times, and the text the speech model reads from it
+    (decoded once here, in this process)."""
+    import soundfile as sf
+
+    from sherpa_fixed.corpus import read_corpus
+    from sherpa_fixed.corpus.decode import ModelConfig, decode_item, load_recognizer
+
+    audio, _ = oracle_clip(9, tokens=tokens, rate=22050)
+    sf.write(root / "talk.flac", audio, 22050)
+    m = write_manifest(root / "m.json", [{"audio_filepath": "talk.flac", "n": i} for i in range(n)])
+    r = decode_item(load_recognizer(ModelConfig(str(SPEECH_MODEL), num_threads=1)), read_corpus(m).items[0])
+    text = json.loads(r.line)["pred_text"]
+    assert r.ok and len(text.split()) > 10
+    return m, text
+
+
+def worker_pids(lines: list[dict]) -> set[int]:
+    return {int(line["sherpa_fixed"]["worker"].rsplit(":", 1)[1]) for line in lines}
 
 
 def write_manifest(path: Path, entries: list[dict]) -> Path:

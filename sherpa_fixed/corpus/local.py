@@ -18,12 +18,13 @@ import os
 import signal
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 from ..errors import BadInputError, SherpaFixedError
 from .decode import ModelConfig, Result, decode_item, failure, load_recognizer
 from .inputs import Item
+from .summary import Losses
 
 MAX_ATTEMPTS = 2  # times a file may be in a worker that dies before it gets an error line
 
@@ -37,18 +38,10 @@ class _Worker:
     stopping: bool = False
 
 
-@dataclass
-class LocalRun:
-    """Counters the caller reports (workers replaced after dying)."""
-
-    replaced: int = 0
-    deaths: list[str] = field(default_factory=list)
-
-
-def run_local(todo: Sequence[Item], config: ModelConfig, workers: int, stats: LocalRun | None = None
+def run_local(todo: Sequence[Item], config: ModelConfig, workers: int, losses: Losses | None = None
               ) -> Iterator[Result]:
     """Decode `todo` in `workers` processes, yielding each Result as it arrives (in completion order)."""
-    stats = stats if stats is not None else LocalRun()
+    losses = losses if losses is not None else Losses()
     ctx = mp.get_context("spawn")
     queue = deque(todo)
     attempts: Counter[str] = Counter()
@@ -96,7 +89,7 @@ def run_local(todo: Sequence[Item], config: ModelConfig, workers: int, stats: Lo
                 if w.stopping and w.current is None:
                     continue
                 why = _death(w.proc.exitcode)
-                stats.deaths.append(why)
+                losses.workers_died += 1
                 if w.current is not None:
                     attempts[w.current.key] += 1
                     if attempts[w.current.key] >= MAX_ATTEMPTS:
@@ -104,6 +97,7 @@ def run_local(todo: Sequence[Item], config: ModelConfig, workers: int, stats: Lo
                                                  f"file, {MAX_ATTEMPTS} times ({why})")
                     else:
                         queue.appendleft(w.current)
+                        losses.files_retried += 1
                 if not w.ready:
                     budget -= 1
                     if budget < 0:
@@ -111,7 +105,6 @@ def run_local(todo: Sequence[Item], config: ModelConfig, workers: int, stats: Lo
                                             path=config.model_dir, fix="fewer --workers may fit in memory")
                 if queue:
                     start()
-                    stats.replaced += 1
     finally:
         for w in pool:
             if w.proc.is_alive():

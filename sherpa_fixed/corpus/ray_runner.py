@@ -8,11 +8,13 @@ recognizer once (decode.load_recognizer, as a local worker does) and returns one
 file of its bundle (decode.decode_item, the same function local workers call, so the lines are the
 same). The lines stream back to the driver, which is the only writer of OUT (output.py).
 
-Failures: Ray Data restarts a dead actor (max_restarts=-1) and retries its task (max_task_retries=-1),
-on another node when its node is gone; a bundle in flight when its actor died is decoded again,
-and a result the driver already wrote is dropped by its key, so every input is in OUT exactly once.
-Killed with -9, the driver takes its actors with it (Ray ends a job's actors when its driver dies);
-run it again to finish.
+Failures: an actor that dies is restarted by Ray (max_restarts=-1), but the bundle it held is not
+queued for it again (max_task_retries=0: its node may be gone for good, and a task waiting for an
+actor that never comes back would hang the run); Ray Data drops that block and goes on
+(max_errored_blocks=-1), and the files no actor returned are decoded in a second pass by fresh
+actors, then in a last pass one file per task. A result the driver already wrote is dropped by its
+key, so every input is in OUT exactly once. Killed with -9, the driver takes its actors with it (Ray
+ends a job's actors when its driver dies); run it again to finish.
 
 Every node must see the model folder and the audio at the same absolute paths as the driver (a shared
 filesystem, or the same copy at the same path on each node), and have sherpa-fixed installed.
@@ -20,19 +22,25 @@ filesystem, or the same copy at the same path on each node), and have sherpa-fix
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import os
+import sys
+import warnings
 from collections.abc import Iterator, Sequence
 
 from ..errors import BadInputError
 from .decode import ModelConfig, Result, decode_item, failure, load_recognizer
 from .inputs import Item
+from .summary import Losses
 
 BUNDLE_SECONDS = 60.0  # audio per Ray task: long enough to hide per-task overhead, short enough to balance
 BUNDLE_FILES = 64
 BYTES_PER_SECOND = 32000  # size-based guess when a file's duration is unknown (16 kHz 16-bit PCM)
 ACTOR_INIT_DEATHS = 3  # consecutive actor deaths while loading the model before the run gives up
+PASSES = 3  # passes over the files no actor returned (the last one file per task)
 
 
 def estimate_seconds(item: Item) -> float:
@@ -41,8 +49,13 @@ def estimate_seconds(item: Item) -> float:
     return (item.size or 0) / BYTES_PER_SECOND
 
 
-def bundles(todo: Sequence[Item], seconds: float = BUNDLE_SECONDS, files: int = BUNDLE_FILES) -> list[list[Item]]:
-    """Consecutive runs of `todo` (already longest first) of at most `seconds` of audio or `files` files."""
+def bundles(todo: Sequence[Item], workers: int = 1, seconds: float = BUNDLE_SECONDS,
+            files: int = BUNDLE_FILES) -> list[list[Item]]:
+    """Consecutive runs of `todo` (already longest first) of at most `seconds` of audio or `files` files,
+    and small enough that every worker gets several (a small corpus must not become one task)."""
+    share = max(1, 4 * workers)
+    seconds = min(seconds, sum(estimate_seconds(i) for i in todo) / share)
+    files = max(1, min(files, -(-len(todo) // share)))
     out: list[list[Item]] = []
     cur: list[Item] = []
     cur_s = 0.0
@@ -56,6 +69,22 @@ def bundles(todo: Sequence[Item], seconds: float = BUNDLE_SECONDS, files: int = 
     if cur:
         out.append(cur)
     return out
+
+
+class _RayDataNotices(logging.Filter):
+    """Ray Data's console lines, fitted to this command: no notice that its progress bars are off (the
+    corpus command draws its own), and a bundle dropped because its actor died is one line, not a
+    traceback (its files are decoded again in the next pass)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.getMessage())
+        if message.startswith("Progress bars disabled"):
+            return False
+        if message.startswith("An exception was raised from a task") and record.exc_info:
+            why = " ".join(str(record.exc_info[1]).split())[:300]
+            record.msg, record.args, record.exc_info = (f"a Ray task failed; its files will be decoded again: "
+                                                        f"{why}"), (), None
+        return True
 
 
 def _import_ray():
@@ -98,46 +127,102 @@ def cluster_workers(ray, threads: int) -> int:
 
 
 def run_ray(address: str, todo: Sequence[Item], config: ModelConfig, workers: int | None,
-            on_start=None) -> Iterator[Result]:
+            on_start=None, losses: Losses | None = None) -> Iterator[Result]:
     """Decode `todo` on the Ray cluster at `address` ("auto", "HOST:PORT", "ray://HOST:PORT", "local").
 
-    on_start(workers) is called once the pool size is known. Yields Results in completion order."""
+    on_start(workers) is called once the pool size is known. Yields Results in completion order.
+
+    A bundle whose actor dies is not retried on that actor (it may never come back: its node is gone
+    and no other node has room for it); Ray Data drops the failed block and goes on, and the files
+    that came back from no actor are run again in a second pass, and in a last pass one file per
+    task, so a file that kills every worker that decodes it takes only itself down and gets an error
+    line. A pass that decodes nothing at all stops the run (exit 2) instead: the cluster is broken."""
     ray = _import_ray()
     connected_here = not ray.is_initialized()
     if connected_here:
         try:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
-                     configure_logging=True)
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise BadInputError(f"cannot connect to the Ray cluster at {address!r}: {exc}",
                                 fix="start one with `ray start --head`, or give --ray the address it printed "
                                     "(or auto on a cluster node)") from exc
+    # Ray prints the errors its cluster reports (a worker died, ...) on stdout; stdout is the command's
+    # output (--json), so they go to stderr for the run.
+    with contextlib.redirect_stdout(sys.stderr):
+        yield from _passes(ray, todo, config, workers, on_start, connected_here,
+                           losses if losses is not None else Losses(workers_died=None))
+
+
+def _passes(ray, todo, config, workers, on_start, connected_here, losses: Losses) -> Iterator[Result]:
     try:
         n = workers or cluster_workers(ray, config.num_threads)
         if on_start is not None:
             on_start(n)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # the corpus command draws its own
-        ctx.print_on_execution_start = False
-        ctx.max_consecutive_actor_init_deaths = ACTOR_INIT_DEATHS
-        groups = bundles(todo)
-        if not groups:
-            return
-        rows = [{"bundle": json.dumps([i.to_json() for i in g], ensure_ascii=False)} for g in groups]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map_batches(Transcriber, fn_constructor_kwargs={"config": config.to_json()}, batch_size=1,
-                            compute=ray.data.ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=2),
-                            num_cpus=config.num_threads)
-        try:
-            for row in ds.iter_rows():
-                yield Result(**json.loads(row["result"]))
-        except ray.exceptions.RayError as exc:
-            raise BadInputError(f"the Ray run failed: {_cause(exc)}", path=config.model_dir,
-                                fix="lines written so far are kept; fix the cause and run the same command "
-                                    "again") from exc
+        _quiet_ray_data(ray)
+        remaining = list(todo)
+        for attempt in range(PASSES):
+            if not remaining:
+                return
+            done: set[str] = set()
+            last = attempt == PASSES - 1 and attempt > 0
+            for r in _one_pass(ray, remaining, config, n, one_file_per_task=last):
+                done.add(r.key)
+                yield r
+            if not done:
+                raise BadInputError(f"the Ray cluster decoded none of the {len(remaining)} files in a pass (its "
+                                    "workers died)", path=config.model_dir,
+                                    fix="check the cluster (ray status) and run the same command again; lines "
+                                        "written so far are kept")
+            remaining = [i for i in remaining if i.key not in done]
+            losses.files_retried += len(remaining) if attempt < PASSES - 1 else 0
+        for item in remaining:
+            yield failure(item, f"{item.path}: the Ray worker decoding this file died, in each of {PASSES} attempts")
     finally:
         if connected_here:
             ray.shutdown()
+
+
+def _quiet_ray_data(ray) -> None:
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the corpus command draws its own
+    ctx.print_on_execution_start = False
+    ctx.max_consecutive_actor_init_deaths = ACTOR_INIT_DEATHS
+    ctx.max_errored_blocks = -1  # a bundle whose actor died is dropped; the next pass decodes its files
+    data_log = logging.getLogger("ray.data")
+    data_log.setLevel(logging.WARNING)  # no per-run INFO lines between our progress bar and summary
+    for h in data_log.handlers:
+        if not any(isinstance(f, _RayDataNotices) for f in h.filters):
+            h.addFilter(_RayDataNotices())
+
+
+def _one_pass(ray, items: Sequence[Item], config: ModelConfig, n: int, one_file_per_task: bool) -> Iterator[Result]:
+    groups = [[i] for i in items] if one_file_per_task else bundles(items, n)
+    rows = [{"bundle": json.dumps([i.to_json() for i in g], ensure_ascii=False)} for g in groups]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    kwargs = {"fn_constructor_kwargs": {"config": config.to_json()}, "batch_size": 1, "num_cpus": config.num_threads,
+              "compute": ray.data.ActorPoolStrategy(size=min(n, len(rows)), max_tasks_in_flight_per_actor=2)}
+    # max_task_retries=0: a task is never queued for an actor that may never restart (see run_ray). Ray 2.60
+    # deprecates passing it here (for removal in 2.64, with no named replacement yet); where it is refused,
+    # Ray Data's default (retry on the restarted actor) is what runs.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        try:
+            ds = ds.map_batches(Transcriber, max_restarts=-1, max_task_retries=0, **kwargs)
+        except TypeError:
+            ds = ds.map_batches(Transcriber, **kwargs)
+    rows_iter = ds.iter_rows()
+    try:
+        for row in rows_iter:
+            yield Result(**json.loads(row["result"]))
+    except ray.exceptions.RayError as exc:
+        raise BadInputError(f"the Ray run failed: {_cause(exc)}", path=config.model_dir,
+                            fix="lines written so far are kept; fix the cause and run the same command "
+                                "again") from exc
+    finally:
+        # The pass's actors hold their CPUs until its executor is collected: a next pass started before
+        # that waited 19 s for resources (measured, 2 CPUs, one actor killed).
+        del rows_iter, ds
+        gc.collect()
 
 
 def _cause(exc: BaseException) -> str:

@@ -18,11 +18,11 @@ from pathlib import Path
 from ..errors import BadInputError
 from .decode import ModelConfig, Result
 from .inputs import Corpus, Item, read_corpus
-from .local import LocalRun, run_local
+from .local import run_local
 from .output import Output
 from .progress import ProgressState
 from .ray_runner import estimate_seconds, run_ray
-from .summary import CorpusSummary, RunStats
+from .summary import CorpusSummary, Losses, RunStats
 
 Progress = Callable[[ProgressState], None]
 Notice = Callable[[str], None]
@@ -74,12 +74,14 @@ def transcribe_corpus(model_dir: str | os.PathLike, source: str | os.PathLike, o
         failed_dropped = out.drop_failed() if retry_failed else 0
         todo = sorted((i for i in corpus.items if i.key not in out.done), key=estimate_seconds, reverse=True)
         run = RunStats()
-        local = LocalRun()
+        losses = Losses(workers_died=0 if ray is None else None)
         pool = {"workers": workers or 0}
-        if ray is None:
-            results = run_local(todo, config, workers, local)
+        if not todo:
+            results = iter(())
+        elif ray is None:
+            results = run_local(todo, config, workers, losses)
         else:
-            results = run_ray(ray, todo, config, workers, on_start=lambda n: pool.update(workers=n))
+            results = run_ray(ray, todo, config, workers, on_start=lambda n: pool.update(workers=n), losses=losses)
         state = _state(todo)
         sizes = {i.key: i.size or 0 for i in todo}
         t0 = time.monotonic()
@@ -108,7 +110,7 @@ def transcribe_corpus(model_dir: str | os.PathLike, source: str | os.PathLike, o
         missing = sum(1 for k in keys if k not in out.done)
         return CorpusSummary(model_dir, str(corpus.source), str(out_path), "local" if ray is None else "ray",
                              pool["workers"], threads, len(corpus.items), already, out.tally, run,
-                             out.torn_bytes, failed_dropped, out.duplicates, local.replaced, missing)
+                             out.torn_bytes, failed_dropped, out.duplicates, losses, missing)
 
 
 def _check_model(model_dir: str, int8: bool | None, provider: str) -> None:

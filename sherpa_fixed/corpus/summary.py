@@ -66,6 +66,14 @@ class Tally:
 
 
 @dataclass
+class Losses:
+    """Workers lost during a run and the files handed out again because of them (both runners count)."""
+
+    workers_died: int | None = 0  # local worker processes that died (None on Ray: Ray replaces its own)
+    files_retried: int = 0
+
+
+@dataclass
 class RunStats:
     """This run's own work (what the speed figures describe)."""
 
@@ -98,7 +106,7 @@ class CorpusSummary:
     torn_bytes_dropped: int = 0
     failed_dropped: int = 0  # error lines removed by retry_failed, to be decoded again
     duplicates_dropped: int = 0  # results for inputs already in OUT (a retried Ray task); never written twice
-    workers_replaced: int = 0
+    losses: Losses = field(default_factory=Losses)
     missing: int = 0  # inputs with no line in OUT (only when the run was stopped early)
 
     @property
@@ -119,7 +127,8 @@ class CorpusSummary:
                          "real_time_factor": _round(r.real_time_factor, 5),
                          "audio_seconds_per_second": _round(r.audio_per_wall, 3)},
             "recovery": {"torn_bytes_dropped": self.torn_bytes_dropped, "failed_dropped": self.failed_dropped,
-                         "duplicates_dropped": self.duplicates_dropped, "workers_replaced": self.workers_replaced},
+                         "duplicates_dropped": self.duplicates_dropped, "workers_died": self.losses.workers_died,
+                         "files_retried": self.losses.files_retried},
             "failures": [{"audio_filepath": p, "error": e} for p, e in t.failures],
             "wer": t.wer_json(),
             "wer_unavailable": t.wer_unavailable,
@@ -142,8 +151,9 @@ class CorpusSummary:
             out.append(f"dropped a torn last line ({self.torn_bytes_dropped} bytes) left by an interrupted run")
         if self.duplicates_dropped:
             out.append(f"{self.duplicates_dropped} results for inputs already written were dropped (retried work)")
-        if self.workers_replaced:
-            out.append(f"{self.workers_replaced} workers died and were replaced; their files were retried")
+        if self.losses.workers_died or self.losses.files_retried:
+            died = f"{self.losses.workers_died} workers died; " if self.losses.workers_died else ""
+            out.append(f"{died}{self.losses.files_retried} files were handed out again after their worker died")
         wer = t.wer_json()
         if wer is not None:
             e = total(t.word_errors)
