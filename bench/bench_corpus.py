@@ -3,6 +3,7 @@
     flock /tmp/sherpa-heavy.lock python bench/bench_corpus.py speech --rounds 3 --repeat 4
     flock /tmp/sherpa-heavy.lock python bench/bench_corpus.py int8 --rounds 2 --seconds 300
     python bench/bench_corpus.py writer            # the driver's per-line cost (no model)
+    python bench/bench_corpus.py memory            # one worker's peak RSS: 1 min vs 30 min of FLAC
 
 Each run is the CLI a user runs, in a fresh process, on a NeMo manifest made from the shared set A
 (/work/shared/speech/setA: 10 long-form recordings of 60-240 s and 200 short clips, FLAC 16 kHz),
@@ -222,7 +223,7 @@ def run_once(config: str, model: Path, manifest: Path, out_dir: Path, head: RayH
                 cpu[pid] = c
             if m is not None:
                 hwm[pid] = max(hwm.get(pid, 0.0), m)
-            if pid not in role:
+            if role.get(pid) != "worker":  # a prestarted Ray worker becomes an actor later: look again
                 cmd = _cmdline(pid)
                 role[pid] = ("driver" if pid == p.pid else "worker" if "spawn_main" in cmd or "MapWorker" in cmd
                              else "ray-system" if head else "other")
@@ -242,7 +243,13 @@ def run_once(config: str, model: Path, manifest: Path, out_dir: Path, head: RayH
     else:  # the CLI and the workers it waited for, exactly
         cpu_used = (after.children_user - before.children_user) + (after.children_system - before.children_system)
     workers_hwm = sorted((hwm[pid] for pid in hwm if role.get(pid) == "worker"), reverse=True)
-    return {"config": config, "wall_s": wall, "startup_s": first or wall, "audio_s": audio,
+    # per file, in the worker: decode_seconds = overhead + rtf * audio_seconds (least squares over the lines)
+    xs = [x["sherpa_fixed"]["audio_seconds"] for x in lines]
+    ys = [x["sherpa_fixed"]["decode_seconds"] for x in lines]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / max(1e-12, sum((x - mx) ** 2 for x in xs))
+    return {"config": config, "wall_s": wall, "per_file_overhead_s": my - slope * mx, "worker_rtf": slope,
+            "startup_s": first or wall, "audio_s": audio,
             "audio_per_wall": audio / wall, "steady_audio_per_wall": audio / max(1e-9, wall - (first or 0)),
             "cpu_s": cpu_used, "driver_peak_mb": hwm.get(p.pid, 0.0), "worker_peak_mb": workers_hwm[:workers],
             "files": len(lines), "failed": summary["files"]["failed"], "wer": summary["wer"],
@@ -288,22 +295,60 @@ def writer_bench(n: int = 20000) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------- one long file's memory
+
+_MEMORY = r"""
+import sys, time
+from sherpa_fixed.corpus.decode import ModelConfig, decode_item, load_recognizer
+from sherpa_fixed.corpus.inputs import Item
+rec = load_recognizer(ModelConfig(sys.argv[2], num_threads=1))
+loaded = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+t = time.time()
+r = decode_item(rec, Item("k", sys.argv[1], {}, None, None))
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"ok": r.ok, "audio_s": r.audio_seconds, "decode_s": time.time() - t, "loaded_mb": loaded / 1024,
+                  "peak_mb": peak / 1024}))
+""".replace("import sys, time", "import json, sys, time")
+
+
+def memory_bench(model: Path) -> dict:
+    """Peak RSS of one worker decoding 1 minute and 30 minutes of set A's long-form speech (FLAC): the file is
+    read in blocks into the stream, so the half hour should cost what the minute costs."""
+    import numpy as np
+    import soundfile as sf
+
+    work = Path(tempfile.mkdtemp(prefix="sfmem-", dir="/work/scratch"))
+    try:
+        parts = [sf.read(SET_A / e["file"], dtype="float32")[0] for e in json.loads((SET_A / "long.json").read_text())]
+        x = np.concatenate(parts)
+        x = np.concatenate([x] * (1 + 1800 * 16000 // len(x)))[:1800 * 16000]
+        out = {}
+        for name, n in (("1 min", 60 * 16000), ("30 min", len(x))):
+            path = work / f"{n}.flac"
+            sf.write(path, x[:n], 16000)
+            r = subprocess.run([sys.executable, "-c", _MEMORY, str(path), str(model)], capture_output=True, text=True)
+            out[name] = json.loads(r.stdout.strip().splitlines()[-1])
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------- main
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", choices=[*MODELS, "writer"])
+    ap.add_argument("model", choices=[*MODELS, "writer", "memory"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=1, help="list set A this many times")
     ap.add_argument("--seconds", type=float, help="only this much audio of set A (int8 runs)")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    if args.model == "writer":
-        res = writer_bench()
+    if args.model in ("writer", "memory"):
+        res = writer_bench() if args.model == "writer" else memory_bench(MODELS["speech"])
         print(json.dumps(res, indent=1))
-        (OUT / "corpus_writer.json").write_text(json.dumps(res, indent=1))
+        (OUT / f"corpus_{args.model}.json").write_text(json.dumps(res, indent=1))
         return
     work = Path(tempfile.mkdtemp(prefix=f"sfcorpus-{args.model}-", dir="/work/scratch"))
     manifest, total = write_manifest(work / "manifest.json", args.repeat, args.seconds)
@@ -334,7 +379,8 @@ def summarize(rows: list[dict], configs: list[str]) -> dict:
     for c in configs:
         rs = [r for r in rows if r["config"] == c]
         out[c] = {k: round(statistics.median(r[k] for r in rs), 3) for k in
-                  ("wall_s", "startup_s", "audio_per_wall", "steady_audio_per_wall", "cpu_s", "driver_peak_mb")}
+                  ("wall_s", "startup_s", "audio_per_wall", "steady_audio_per_wall", "cpu_s", "driver_peak_mb",
+                   "per_file_overhead_s", "worker_rtf")}
         out[c]["worker_peak_mb"] = max((max(r["worker_peak_mb"]) for r in rs if r["worker_peak_mb"]), default=None)
         out[c]["wer"] = rs[0]["wer"]
         out[c]["files"] = rs[0]["files"]

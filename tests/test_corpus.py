@@ -186,6 +186,30 @@ def test_folder_input_recursive(tmp_path, corpus):
     assert s.exit_code == 0 and s.tally.wer_json() is None
 
 
+def test_empty_inputs_are_refused(tmp_path, corpus):
+    model, _, _ = corpus
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no audio here")
+    (tmp_path / "blank.json").write_text("\n\n")
+    for source, why in ((tmp_path / "empty", "no audio to transcribe"), (tmp_path / "blank.json", "no manifest lines"),
+                        (tmp_path / "nothing", "input not found")):
+        code, _, err = run("corpus", model, source, "-o", tmp_path / "out.json")
+        assert code == 2 and why in err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_progress_line():
+    import io
+
+    from sherpa_fixed.corpus.progress import ProgressState, TerminalBar
+
+    buf = io.StringIO()
+    bar = TerminalBar(buf)
+    bar(ProgressState(files_done=3, files_todo=12, failed=1, audio_done=1800.0, audio_todo=7200.0, bytes_done=0,
+                      bytes_todo=0, elapsed=60.0), final=True)
+    assert buf.getvalue() == "\rcorpus: 3/12 files, 1 failed, 0.50/2.00 h audio, RTF 0.0333, ETA 0:03:00\n"
+
+
 # ----------------------------------------------------------------------------- failures
 
 

@@ -74,7 +74,7 @@ def bundles(todo: Sequence[Item], workers: int = 1, seconds: float = BUNDLE_SECO
 class _RayDataNotices(logging.Filter):
     """Ray Data's console lines, fitted to this command: no notice that its progress bars are off (the
     corpus command draws its own), and a bundle dropped because its actor died is one line, not a
-    traceback (its files are decoded again in the next pass)."""
+    traceback (its files go to the next pass)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.getMessage())
@@ -82,7 +82,7 @@ class _RayDataNotices(logging.Filter):
             return False
         if message.startswith("An exception was raised from a task") and record.exc_info:
             why = " ".join(str(record.exc_info[1]).split())[:300]
-            record.msg, record.args, record.exc_info = (f"a Ray task failed; its files will be decoded again: "
+            record.msg, record.args, record.exc_info = (f"a Ray task failed; its files go to the next pass: "
                                                         f"{why}"), (), None
         return True
 
