@@ -70,8 +70,8 @@ def transcribe_corpus(model_dir: str | os.PathLike, source: str | os.PathLike, o
     config = ModelConfig(model_dir, threads, int8, provider, window_seconds, overlap_seconds, timestamps)
     keys = {i.key for i in corpus.items}
     with Output(out_path, keys, wait=wait, notice=notice) as out:
-        already = len(out.done)
         failed_dropped = out.drop_failed() if retry_failed else 0
+        already = len(out.done)
         todo = sorted((i for i in corpus.items if i.key not in out.done), key=estimate_seconds, reverse=True)
         run = RunStats()
         losses = Losses(workers_died=0 if ray is None else None)
