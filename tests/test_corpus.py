@@ -353,13 +353,13 @@ def test_wer_counts_substitutions_deletions_insertions(tmp_path, corpus):
 # ----------------------------------------------------------------------------- killing things
 
 
-N_LONG = 24
+N_LONG = 32
 
 
 @pytest.fixture(scope="module")
 def long_corpus(tmp_path_factory):
-    """One 20 s FLAC listed 24 times (duplicate paths are distinct inputs), for runs long enough to kill."""
-    return make_long_corpus(tmp_path_factory.mktemp("long"), N_LONG, tokens=30)
+    """One 40 s FLAC listed 32 times (duplicate paths are distinct inputs), for runs long enough to kill."""
+    return make_long_corpus(tmp_path_factory.mktemp("long"), N_LONG, tokens=60)
 
 
 def test_worker_killed_then_cli_killed_9_then_resumed_exactly_once(tmp_path, long_corpus):

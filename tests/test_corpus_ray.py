@@ -34,7 +34,6 @@ from .corpus_helpers import (
     make_long_corpus,
     oracle_clip,
     processes_named,
-    wait_for_lines,
     worker_pids,
     write_manifest,
 )
@@ -138,8 +137,8 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def long_corpus(tmp_path_factory):
-    """N_FILES inputs (one 20 s FLAC listed N_FILES times) and the text its whole decode gives."""
-    return make_long_corpus(tmp_path_factory.mktemp("raylong"), N_FILES, tokens=30)
+    """N_FILES inputs (one 40 s FLAC listed N_FILES times) and the text its whole decode gives."""
+    return make_long_corpus(tmp_path_factory.mktemp("raylong"), N_FILES, tokens=60)
 
 
 def map_workers(temp: str) -> dict[int, int]:
@@ -165,6 +164,18 @@ def wait_for_actors(temp: str, n: int, proc: subprocess.Popen, timeout: float = 
     raise AssertionError(f"{n} actors did not start in {timeout} s")
 
 
+def wait_for_busy(actors: list[int], proc: subprocess.Popen) -> int:
+    """The first of `actors` seen decoding a bundle (Ray titles an actor running a task `...submit`)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while proc.poll() is None:
+        busy = [a for a in actors if ".submit" in cmdline(a)]
+        if busy:
+            return busy[0]
+        assert time.monotonic() < deadline, "no actor started decoding"
+        time.sleep(0.005)
+    raise AssertionError("the run ended before an actor was seen decoding")
+
+
 def test_ray_same_lines_as_local_workers_and_an_actor_killed_mid_run(ray_cluster, long_corpus, tmp_path):
     """Five formats at odd rates, a missing file and N_FILES longer inputs, with timestamps: an actor is
     killed with -9 mid-run; OUT has every input once, and file for file the lines local workers write."""
@@ -184,10 +195,10 @@ def test_ray_same_lines_as_local_workers_and_an_actor_killed_mid_run(ray_cluster
     m = write_manifest(tmp_path / "m.json", entries)
     p = cli("corpus", model, m, "-o", tmp_path / "ray.json", "--ray", address, "--workers", 2, "--timestamps",
             "--json")
-    wait_for_lines(tmp_path / "ray.json", 2, p, timeout=START_TIMEOUT)
-    actors = map_workers(temp)
-    assert len(actors) == 2 and p.poll() is None
-    victim = next(iter(actors))
+    actors = wait_for_actors(temp, 2, p)
+    assert len(actors) == 2
+    victim = wait_for_busy(list(actors), p)
+    assert p.poll() is None and lines_in(tmp_path / "ray.json") < len(entries)
     os.kill(victim, signal.SIGKILL)
     stdout, stderr = p.communicate(timeout=300)
     assert p.returncode == 1, stderr  # one file is missing
@@ -225,10 +236,7 @@ def test_second_node_dies_mid_run_exactly_once(ray_cluster, long_corpus, tmp_pat
         node_pids = set(_descendants(node.pid))
         on_node2 = [a for a in actors if a in node_pids]
         assert len(actors) == 3 and len(on_node2) == 1, (actors, node_pids)
-        deadline = time.monotonic() + START_TIMEOUT  # until the second node's actor is decoding a bundle
-        while ".submit" not in cmdline(on_node2[0]) and p.poll() is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for_busy(on_node2, p)
         assert p.poll() is None and lines_in(out) < len(entries)
         os.killpg(node.pid, signal.SIGKILL)
         node.wait(timeout=30)

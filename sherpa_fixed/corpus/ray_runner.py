@@ -1,8 +1,9 @@
 """The same work on a Ray cluster: Ray Data, a pool of actors that each load the model once, one writer.
 
 The driver (the process running `sherpa-fixed corpus --ray ADDRESS`) turns the inputs still to do
-into a Ray Dataset of bundles (a few files, about BUNDLE_SECONDS of audio, longest first, so a
-half-hour recording is a bundle of its own and short clips share one task's overhead), and maps
+into a Ray Dataset of bundles (a few files, at most BUNDLE_SECONDS of audio, longest first, so a
+half-hour recording is a bundle of its own and short clips share one task's overhead; smaller towards
+the end, so the run does not end waiting on one big bundle), and maps
 them with `map_batches` over a fixed-size pool of actors (ActorPoolStrategy). Each actor loads the
 recognizer once (decode.load_recognizer, as a local worker does) and returns one output line per
 file of its bundle (decode.decode_item, the same function local workers call, so the lines are the
@@ -38,7 +39,7 @@ from .summary import Losses
 
 BUNDLE_SECONDS = 60.0  # audio per Ray task: long enough to hide per-task overhead, short enough to balance
 BUNDLE_FILES = 64
-BUNDLES_PER_WORKER = 8
+BUNDLES_PER_WORKER = 4
 BYTES_PER_SECOND = 32000  # size-based guess when a file's duration is unknown (16 kHz 16-bit PCM)
 ACTOR_INIT_DEATHS = 3  # consecutive actor deaths while loading the model before the run gives up
 PASSES = 3  # passes over the files no actor returned (the last one file per task)
@@ -52,19 +53,20 @@ def estimate_seconds(item: Item) -> float:
 
 def bundles(todo: Sequence[Item], workers: int = 1, seconds: float = BUNDLE_SECONDS,
             files: int = BUNDLE_FILES) -> list[list[Item]]:
-    """Consecutive runs of `todo` (already longest first) of at most `seconds` of audio or `files` files,
-    and small enough that every worker gets BUNDLES_PER_WORKER of them (a small corpus must not become a
-    few tasks, and the last bundles, which decide when the run ends, stay short)."""
+    """Consecutive runs of `todo` (already longest first): guided self-scheduling, each bundle at most
+    1/(BUNDLES_PER_WORKER x workers) of the audio not yet bundled, `seconds` of audio and `files` files. Early
+    bundles are large (per-task overhead amortised); the last ones, which decide when the run ends, hold a
+    file or two, so no actor is left decoding a big bundle alone at the end."""
     share = max(1, BUNDLES_PER_WORKER * workers)
-    seconds = min(seconds, sum(estimate_seconds(i) for i in todo) / share)
-    files = max(1, min(files, -(-len(todo) // share)))
+    left = sum(estimate_seconds(i) for i in todo)
     out: list[list[Item]] = []
     cur: list[Item] = []
     cur_s = 0.0
     for item in todo:
         s = estimate_seconds(item)
-        if cur and (cur_s + s > seconds or len(cur) >= files):
+        if cur and (cur_s + s > min(seconds, left / share) or len(cur) >= files):
             out.append(cur)
+            left -= cur_s
             cur, cur_s = [], 0.0
         cur.append(item)
         cur_s += s
@@ -201,11 +203,11 @@ def _one_pass(ray, items: Sequence[Item], config: ModelConfig, n: int, one_file_
     groups = [[i] for i in items] if one_file_per_task else bundles(items, n)
     rows = [{"bundle": json.dumps([i.to_json() for i in g], ensure_ascii=False)} for g in groups]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    # One bundle in flight per actor, as local workers take one file at a time: a bundle queued behind a
-    # busy actor cannot move to an idle one, which left one actor decoding alone at the end of a run
-    # (1.1B int8, 2 actors: 24 % below local workers between the first line and the last with 2 in flight).
+    # Two bundles in flight per actor: the next one is there when the last ends (with one, each bundle waited
+    # for a round trip through the driver: the speech model ran at 0.65-0.78 of local workers). The bundles
+    # shrink towards the end (bundles()), so the one queued behind a busy actor at the end is small.
     kwargs = {"fn_constructor_kwargs": {"config": config.to_json()}, "batch_size": 1, "num_cpus": config.num_threads,
-              "compute": ray.data.ActorPoolStrategy(size=min(n, len(rows)), max_tasks_in_flight_per_actor=1)}
+              "compute": ray.data.ActorPoolStrategy(size=min(n, len(rows)), max_tasks_in_flight_per_actor=2)}
     # max_task_retries=0: a task is never queued for an actor that may never restart (see run_ray). Ray 2.60
     # deprecates passing it here (for removal in 2.64, with no named replacement yet); where it is refused,
     # Ray Data's default (retry on the restarted actor) is what runs.
