@@ -357,6 +357,72 @@ class _AudioBar:
             self.bar.__exit__(None, None, None)
 
 
+@main.command("corpus")
+@click.argument("model_dir", type=click.Path())
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The output manifest (JSON lines). Run the same command again to finish an interrupted run.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Decoding processes on this machine (default 1), or Ray actors with --ray (default: the "
+                   "cluster's CPUs / --num-threads). Each loads the model once.")
+@click.option("--num-threads", type=THREADS,
+              help="onnxruntime threads per worker (default: this machine's CPUs divided among the workers; "
+                   "1 per Ray actor).")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Run on a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (needs the [ray] extra). The model "
+                   "folder and the audio must be at the same paths on every node.")
+@click.option("--timestamps", is_flag=True, help="Also write pred_tokens and pred_timestamps (s) per line.")
+@click.option("--retry-failed", is_flag=True,
+              help="Remove the error lines of earlier runs from OUTPUT and decode those files again.")
+@click.option("--wait", type=Seconds(zero_ok=True), default=0, show_default=True,
+              help="Seconds to wait for another run writing OUTPUT before refusing.")
+@click.option("--int8/--fp32", "int8", default=None,
+              help="Which model set to use (default: int8 on cpu when the folder has one).")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--window-seconds", type=Seconds(), help="Dynamic encoders: window longer audio (default 30).")
+@click.option("--overlap-seconds", type=Seconds(zero_ok=True), help="Audio shared by consecutive windows (default 2).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@handle_errors
+def corpus_cmd(model_dir, input_path, output, workers, num_threads, ray_address, timestamps, retry_failed, wait,
+               int8, provider, window_seconds, overlap_seconds, as_json):
+    """Transcribe a corpus: a NeMo manifest or a folder of audio, to a NeMo manifest with pred_text.
+
+    INPUT is a manifest (JSON lines with audio_filepath, optional duration and text;
+    relative paths are under the manifest's folder) or a folder searched for .wav,
+    .flac, .ogg, .opus and .mp3 files. OUTPUT gets one line per input, in any order:
+    the input's fields plus pred_text, or an "error" field when the file could not
+    be decoded. Killed at any moment (even kill -9), the same command finishes the
+    rest: every input ends up in OUTPUT exactly once. The summary gives files,
+    hours, real-time factor, failures and, when the manifest has text, the WER.
+    docs/corpus.md has the details.
+
+    Exit code: 0 every input transcribed, 1 some files failed (their count is printed),
+    2 unusable model, input or output (nothing decoded).
+    """
+    from .corpus import transcribe_corpus
+    from .corpus.progress import TerminalBar
+
+    bar = TerminalBar() if sys.stderr.isatty() else None
+    last = {}
+
+    def progress(state):
+        last["state"] = state
+        bar(state)
+
+    summary = transcribe_corpus(model_dir, input_path, output, workers=workers, num_threads=num_threads,
+                                ray=ray_address, timestamps=timestamps, retry_failed=retry_failed, int8=int8,
+                                provider=provider, window_seconds=window_seconds, overlap_seconds=overlap_seconds,
+                                wait=wait, progress=progress if bar else None,
+                                notice=lambda m: click.echo(m, err=True))
+    if bar and "state" in last:
+        bar(last["state"], final=True)
+    if as_json:
+        emit_json(summary.to_json())
+    else:
+        click.echo("\n".join(summary.lines()))
+    sys.exit(summary.exit_code)
+
+
 @main.command("validate")
 @click.argument("model_dir", type=click.Path())
 @click.option("--reference", default="parakeet-tdt-0.6b", show_default=True,

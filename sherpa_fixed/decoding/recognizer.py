@@ -159,6 +159,21 @@ def positional_frames(encoder: GraphFile) -> int | None:
     return min(t.max_frames for t in tables) if tables else None
 
 
+def model_files(model_dir: str | os.PathLike, *, int8: bool | None = None, provider: str = "cpu"):
+    """The model set from_model_dir loads (int8 preferred on CPU) and the folder's layout; reads no weights."""
+    layout = find_layout(model_dir)
+    if layout.tokens is None:
+        raise BadInputError("no tokens.txt", path=model_dir, fix="copy tokens.txt from the export")
+    want = ("int8" if (int8 or (int8 is None and provider == "cpu")) else "fp32")
+    if int8 is True and "int8" not in layout.variants:
+        raise BadInputError("no int8 model set (encoder.int8.onnx)", path=model_dir)
+    if int8 is False and "fp32" not in layout.variants:  # was: the int8 set, silently
+        raise BadInputError("no fp32 model set (encoder.onnx); the folder has " + ", ".join(layout.variants),
+                            path=model_dir)
+    ms = layout.variants.get(want) or layout.variants.get("fp32") or next(iter(layout.variants.values()))
+    return ms, layout
+
+
 def _absolute(path):
     return os.path.abspath(path) if path else path  # not resolve(): a Hugging Face snapshot link must stay a link
 
@@ -225,16 +240,7 @@ class OfflineRecognizer(sherpa_onnx.OfflineRecognizer):
         int8=None picks int8 when it exists and provider is cpu; True/False force it.
         Other keyword arguments go to from_transducer.
         """
-        layout = find_layout(model_dir)
-        if layout.tokens is None:
-            raise BadInputError("no tokens.txt", path=model_dir, fix="copy tokens.txt from the export")
-        want = ("int8" if (int8 or (int8 is None and provider == "cpu")) else "fp32")
-        if int8 is True and "int8" not in layout.variants:
-            raise BadInputError("no int8 model set (encoder.int8.onnx)", path=model_dir)
-        if int8 is False and "fp32" not in layout.variants:  # was: the int8 set, silently
-            raise BadInputError("no fp32 model set (encoder.onnx); the folder has " + ", ".join(layout.variants),
-                                path=model_dir)
-        ms = layout.variants.get(want) or layout.variants.get("fp32") or next(iter(layout.variants.values()))
+        ms, layout = model_files(model_dir, int8=int8, provider=provider)
         if layout.bpe_vocab and "bpe_vocab" not in kwargs:
             kwargs["bpe_vocab"] = str(layout.bpe_vocab)
         kwargs.setdefault("model_type", "nemo_transducer")
