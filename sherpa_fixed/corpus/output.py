@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from ..errors import BadInputError
-from ..safety.atomic import disk_error, fsync_dir, temp_path
+from ..safety.atomic import disk_error, fsync_dir, pid_alive, temp_path
 from ..safety.lock import FileLock
 from .decode import BOOKKEEPING, ERROR
 from .summary import Tally
@@ -250,15 +250,6 @@ def _create(path: Path) -> None:
     fsync_dir(path.parent)
     for p in path.parent.iterdir():
         m = _STALE_TEMP.match(p.name)
-        if m and m.group(2) == path.name and not _alive(int(m.group(1))):
+        if m and m.group(2) == path.name and not pid_alive(int(m.group(1))):
             p.unlink(missing_ok=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -140,7 +140,7 @@ def sweep_stale(folder: Path) -> list[Path]:
             pid = int(parts[1])
         except (IndexError, ValueError):
             continue
-        if pid == os.getpid() or _alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         if parts[0] == "old" and len(parts) == 4 and parts[3] and not os.path.lexists(folder / parts[3]):
             try:
@@ -158,7 +158,8 @@ def sweep_stale(folder: Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a temp name carries its writer's pid: only a dead writer's is stale)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
