@@ -1,9 +1,10 @@
 """`sherpa-fixed corpus` throughput: 1 and 2 local workers and Ray on the same 2 CPUs (issue 24).
 
-    flock /tmp/sherpa-heavy.lock python bench/bench_corpus.py speech --rounds 3 --repeat 4
-    flock /tmp/sherpa-heavy.lock python bench/bench_corpus.py int8 --rounds 2 --seconds 300
+    flock /tmp/sherpa-heavy.lock python bench/bench_corpus.py speech --rounds 5 --repeat 4
+    flock /tmp/sherpa-heavy.lock python bench/bench_corpus.py int8 --rounds 3 --seconds 450
     python bench/bench_corpus.py writer            # the driver's per-line cost (no model)
     python bench/bench_corpus.py memory            # one worker's peak RSS: 1 min vs 30 min of FLAC
+    flock /tmp/sherpa-heavy.lock python bench/bench_corpus.py wer   # set A once: corpus vs whole decoding
 
 Each run is the CLI a user runs, in a fresh process, on a NeMo manifest made from the shared set A
 (/work/shared/speech/setA: 10 long-form recordings of 60-240 s and 200 short clips, FLAC 16 kHz),
@@ -16,7 +17,10 @@ Configurations, all on 2 CPUs, interleaved round by round (the order rotates eve
 
 Reported per configuration (medians over rounds): audio seconds per wall second end to end (the
 command's whole life: imports, model loads, Ray connection), the steady rate between the first and
-the last line written, startup (until the first line), CPU seconds of every process involved (the
+the last line written (all the audio over that time: it overstates runs of few long files, and favours
+Ray, whose first line waits for a whole bundle), the in-worker rate (audio over the workers' summed
+per-file decode seconds / workers: decoding only, no startup, idle time or tail), startup (until the
+first line), CPU seconds of every process involved (the
 CLI, its workers or the actors, and for Ray the raylet/GCS/agents' CPU during the run), and the
 peak RSS (VmHWM) of the parent/driver and of each worker or actor. Ray's overhead is the ratio of
 ray-2x1 to local-2x1 within each round (same CPUs, same threads per worker, same files).
@@ -24,7 +28,11 @@ ray-2x1 to local-2x1 within each round (same CPUs, same threads per worker, same
 `speech` uses the tiny speech model (tests/data/speech/dynamic) and also reports WER against set A's
 transcripts (each run's summary); `int8` uses the 1.1B architecture's int8 set
 (/work/scratch/realscale/int8, random weights: throughput only) on the first `--seconds` of audio
-(short clips and long-form recordings in set A's proportion). Results: docs/corpus.md.
+(short clips and long-form recordings in set A's proportion). `wer` runs set A once (210 distinct files:
+the standard error of a run on the repeated set counts each file 4 times and is too small by about 2x)
+through `corpus` with 2 local workers and compares every line with the same file decoded whole, in one
+accept_waveform, by the drop-in recognizer and by stock sherpa-onnx (whole utterance, no windows).
+Results: docs/corpus.md.
 """
 
 from __future__ import annotations
@@ -253,7 +261,8 @@ def run_once(config: str, model: Path, manifest: Path, out_dir: Path, head: RayH
             "audio_per_wall": audio / wall, "steady_audio_per_wall": audio / max(1e-9, wall - (first or 0)),
             "cpu_s": cpu_used, "driver_peak_mb": hwm.get(p.pid, 0.0), "worker_peak_mb": workers_hwm[:workers],
             "files": len(lines), "failed": summary["files"]["failed"], "wer": summary["wer"],
-            "decode_s": sum(x["sherpa_fixed"]["decode_seconds"] for x in lines)}
+            "decode_s": sum(x["sherpa_fixed"]["decode_seconds"] for x in lines),
+            "in_worker_audio_per_s": audio / max(1e-9, sum(ys) / workers)}
 
 
 # ----------------------------------------------------------------------------- the driver's per-line cost
@@ -333,20 +342,80 @@ def memory_bench(model: Path) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------- WER against whole decoding
+
+
+def _points(x: float | None) -> float | None:
+    return None if x is None else round(100 * x, 3)
+
+
+def wer_bench(model: Path) -> dict:
+    """Set A once through the CLI (2 local workers), each line against one whole-file decode of the same file by the
+    drop-in (which windows past 90 s, as corpus does) and by stock sherpa-onnx (whole utterance, no windows)."""
+    import sherpa_onnx
+    import soundfile as sf
+
+    from sherpa_fixed import OfflineRecognizer
+    from sherpa_fixed.checking.accuracy import transducer_files
+    from sherpa_fixed.checking.wer import paired_standard_error, standard_error, total, word_errors
+
+    work = Path(tempfile.mkdtemp(prefix="sfcorpus-wer-", dir="/work/scratch"))
+    try:
+        manifest, _ = write_manifest(work / "manifest.json", 1, None)
+        out = work / "out.json"
+        argv = [sys.executable, "-m", "sherpa_fixed.cli", "corpus", str(model), str(manifest), "-o", str(out),
+                "--workers", "2", "--num-threads", "1", "--json"]
+        p = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+        if p.returncode != 0:
+            raise RuntimeError(f"corpus failed ({p.returncode}): {p.stderr[-3000:]}")
+        lines = {x["audio_filepath"]: x for x in map(json.loads, out.read_text().splitlines())}
+        stock = sherpa_onnx.OfflineRecognizer.from_transducer(num_threads=2, **transducer_files(model))
+        dropin = OfflineRecognizer.from_model_dir(model, num_threads=2)
+        rows = []
+        for e in set_a_entries():
+            x, rate = sf.read(e["audio_filepath"], dtype="float32")
+            texts = {}
+            for name, rec in (("dropin", dropin), ("stock", stock)):
+                s = rec.create_stream()
+                s.accept_waveform(rate, x if x.ndim == 1 else x.mean(axis=1))
+                rec.decode_stream(s)
+                texts[name] = s.result.text
+            rows.append({"long": e["duration"] > 30, "over_90s": e["duration"] > 90, "text": e["text"],
+                         "corpus": lines[e["audio_filepath"]]["pred_text"], **texts})
+        res = {"summary_wer": json.loads(p.stdout)["wer"]}
+        for part, rs in (("all", rows), ("long", [r for r in rows if r["long"]]),
+                         ("short", [r for r in rows if not r["long"]])):
+            errs = {k: [word_errors(r["text"], r[k]) for r in rs] for k in ("corpus", "dropin", "stock")}
+            d = {k: {**total(v).to_json(), "wer_percent": round(100 * total(v).wer, 3),
+                     "se_points": _points(standard_error(v))} for k, v in errs.items()}
+            d["files"] = len(rs)
+            d["same_text_as_dropin_whole"] = sum(r["corpus"] == r["dropin"] for r in rs)
+            d["same_text_as_stock_whole"] = sum(r["corpus"] == r["stock"] for r in rs)
+            d["files_over_90s"] = sum(r["over_90s"] for r in rs)
+            d["same_text_as_stock_whole_up_to_90s"] = sum(r["corpus"] == r["stock"] for r in rs if not r["over_90s"])
+            d["corpus_minus_stock_points"] = round(d["corpus"]["wer_percent"] - d["stock"]["wer_percent"], 3)
+            d["paired_se_points"] = _points(paired_standard_error(errs["corpus"], errs["stock"]))
+            res[part] = d
+        return res
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------- main
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", choices=[*MODELS, "writer", "memory"])
+    ap.add_argument("model", choices=[*MODELS, "writer", "memory", "wer"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=1, help="list set A this many times")
     ap.add_argument("--seconds", type=float, help="only this much audio of set A (int8 runs)")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    if args.model in ("writer", "memory"):
-        res = writer_bench() if args.model == "writer" else memory_bench(MODELS["speech"])
+    if args.model in ("writer", "memory", "wer"):
+        res = {"writer": writer_bench, "memory": lambda: memory_bench(MODELS["speech"]),
+               "wer": lambda: wer_bench(MODELS["speech"])}[args.model]()
         print(json.dumps(res, indent=1))
         (OUT / f"corpus_{args.model}.json").write_text(json.dumps(res, indent=1))
         return
@@ -379,8 +448,8 @@ def summarize(rows: list[dict], configs: list[str]) -> dict:
     for c in configs:
         rs = [r for r in rows if r["config"] == c]
         out[c] = {k: round(statistics.median(r[k] for r in rs), 3) for k in
-                  ("wall_s", "startup_s", "audio_per_wall", "steady_audio_per_wall", "cpu_s", "driver_peak_mb",
-                   "per_file_overhead_s", "worker_rtf")}
+                  ("wall_s", "startup_s", "audio_per_wall", "steady_audio_per_wall", "in_worker_audio_per_s", "cpu_s",
+                   "driver_peak_mb", "per_file_overhead_s", "worker_rtf")}
         out[c]["worker_peak_mb"] = max((max(r["worker_peak_mb"]) for r in rs if r["worker_peak_mb"]), default=None)
         out[c]["wer"] = rs[0]["wer"]
         out[c]["files"] = rs[0]["files"]
@@ -390,7 +459,8 @@ def summarize(rows: list[dict], configs: list[str]) -> dict:
             a = next(x for x in rows if x["round"] == r and x["config"] == "ray-2x1")
             b = next(x for x in rows if x["round"] == r and x["config"] == "local-2x1")
             per_round.append({"end_to_end": round(a["audio_per_wall"] / b["audio_per_wall"], 3),
-                              "steady": round(a["steady_audio_per_wall"] / b["steady_audio_per_wall"], 3)})
+                              "steady": round(a["steady_audio_per_wall"] / b["steady_audio_per_wall"], 3),
+                              "in_worker": round(a["in_worker_audio_per_s"] / b["in_worker_audio_per_s"], 3)})
         out["ray_vs_local_2x1_per_round"] = per_round
     return out
 
