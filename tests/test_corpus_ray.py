@@ -34,6 +34,7 @@ from .corpus_helpers import (
     make_long_corpus,
     oracle_clip,
     processes_named,
+    wait_for_lines,
     worker_pids,
     write_manifest,
 )
@@ -247,6 +248,34 @@ def test_second_node_dies_mid_run_exactly_once(ray_cluster, long_corpus, tmp_pat
         assert not alive(on_node2[0]) and json.loads(stdout)["recovery"]["files_retried"] >= 1
     finally:
         stop_node(node)
+
+
+def test_driver_killed_9_then_resumed_through_ray_exactly_once(ray_cluster, long_corpus, tmp_path):
+    """The driver (the command) is killed with -9 mid-run; Ray ends its actors with it, and the same
+    command run again finishes the rest: each input once, nothing already written decoded again."""
+    address, temp = ray_cluster
+    manifest, text = long_corpus
+    out = tmp_path / "out.json"
+    args = ("corpus", SPEECH_MODEL, manifest, "-o", out, "--ray", address, "--workers", 2, "--json")
+    p = cli(*args)
+    actors = wait_for_actors(temp, 2, p)
+    wait_for_lines(out, 2, p, timeout=START_TIMEOUT)
+    p.kill()
+    p.wait(timeout=30)
+    at_kill = lines_in(out)
+    assert p.returncode == -signal.SIGKILL and 2 <= at_kill < N_FILES
+    deadline = time.monotonic() + 60  # Ray ends a dead driver's actors
+    while any(alive(a) for a in actors) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(a) for a in actors)
+    again = cli(*args)
+    stdout, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr
+    summary = json.loads(stdout)
+    lines = assert_exactly_once(out, N_FILES)
+    assert {line["pred_text"] for line in lines} == {text}
+    files = summary["files"]
+    assert files["already_done"] >= at_kill and files["already_done"] + files["decoded_this_run"] == N_FILES
 
 
 def _descendants(pid: int) -> list[int]:
