@@ -81,6 +81,12 @@ def ratios(a: list[float], b: list[float]) -> float:
     return statistics.median(y / x for x, y in zip(a, b, strict=True))
 
 
+def ratio_range(a: list[float], b: list[float]) -> str:
+    """Lowest-highest of the per-round ratios b/a, for the report."""
+    r = [y / x for x, y in zip(a, b, strict=True)]
+    return f"{min(r):.2f}-{max(r):.2f}"
+
+
 # ----------------------------------------------------------------------------- build
 
 
@@ -379,13 +385,20 @@ def report(args) -> dict:
             r = load(f"encoder-{tag}-t{threads}")
             if not r:
                 continue
-            out += [f"encoder alone, {tag}, {threads} thread(s), onnxruntime {r['onnxruntime']}, {r['rounds']} rounds:",
+            out += [f"encoder alone, {tag}, {threads} thread(s), onnxruntime {r['onnxruntime']}, {r['rounds']} rounds "
+                    "(median of the per-round ratios, lowest-highest in brackets):",
                     "", "| encoder | input | CPU s | wall s | CPU x fp32 | wall x fp32 | CPU x release | "
                     "wall x release |", "|---|---|---|---|---|---|---|---|"]
+            base = {(x["variant"], x["seconds"]): x for x in r["rows"]}
             for x in r["rows"]:
+                cells = []
+                for b in ("fp32", "sherpa-onnx"):
+                    y = base[(b, x["seconds"])]
+                    for k in ("cpu", "wall"):
+                        cells.append(f"{x[f'{k}_x_vs_{b}']:.2f}" + ("" if b == x["variant"] else
+                                     f" ({ratio_range(x[f'{k}_all'], y[f'{k}_all'])})"))
                 out.append(f"| {x['variant']} | {x['seconds']} s | {x['cpu_s']:.3f} | {x['wall_s']:.3f} | "
-                           f"{x['cpu_x_vs_fp32']:.2f} | {x['wall_x_vs_fp32']:.2f} | {x['cpu_x_vs_sherpa-onnx']:.2f} | "
-                           f"{x['wall_x_vs_sherpa-onnx']:.2f} |")
+                           + " | ".join(cells) + " |")
             out.append("")
         r = load(f"decode-{tag}")
         if r:
@@ -393,13 +406,18 @@ def report(args) -> dict:
                     "(fresh process per run):", "",
                     "| set | load s | peak RSS MB | input | decode wall s | RTF | wall x fp32 | CPU x fp32 | "
                     "wall x release | CPU x release |", "|---|---|---|---|---|---|---|---|---|---|"]
+            raw = r["raw"]
             for x in r["rows"]:
                 for s in ("10s", "60s"):
                     y = x[s]
+                    cells = []
+                    for b in ("fp32", "sherpa-onnx"):
+                        for k in ("wall", "cpu"):
+                            mine, theirs = ([z["runs"][s[:-1]][f"{k}_s"] for z in raw[v]] for v in (x["variant"], b))
+                            cells.append(f"{y[f'{k}_x_vs_{b}']:.2f}" + ("" if b == x["variant"] else
+                                         f" ({ratio_range(mine, theirs)})"))
                     out.append(f"| {x['variant']} | {x['load_s']:.1f} | {x['peak_rss_mb']:.0f} | {s} | "
-                               f"{y['wall_s']:.2f} | {y['rtf']:.3f} | {y['wall_x_vs_fp32']:.2f} | "
-                               f"{y['cpu_x_vs_fp32']:.2f} | {y['wall_x_vs_sherpa-onnx']:.2f} | "
-                               f"{y['cpu_x_vs_sherpa-onnx']:.2f} |")
+                               f"{y['wall_s']:.2f} | {y['rtf']:.3f} | " + " | ".join(cells) + " |")
             out.append("")
         for secs in (60, 10):
             r = load(f"profile-{tag}-{secs}s")
@@ -416,6 +434,25 @@ def report(args) -> dict:
             out += ["by operator type (ms): " + "; ".join(
                 f"{v}: " + ", ".join(f"{k} {ms:.0f}" for k, ms in list(p["by_op"].items())[:8])
                 for v, p in prof.items()), ""]
+        r = load(f"error-{tag}")
+        if r:
+            e = r["rel_rms_error_vs_fp32"]
+            out += [f"encoder output error, {tag}, {r['audio_s']} s of set A speech: relative RMS difference from "
+                    "fp32: " + ", ".join(f"{v} {100 * x:.2f} %" for v, x in e.items()), ""]
+        r = load(f"quantize-{tag}")
+        if r:
+            out += [f"our quantizer, {tag} (whole folder, fresh process): " + "; ".join(
+                f"--scheme {v}: {x['wall_s']:.1f} s, peak RSS {x['peak_rss_mb']:.0f} MB"
+                for v, x in r["schemes"].items()), ""]
+    r = load("wer-speech")
+    if r:
+        out += [f"speech model, stock sherpa-onnx {r['sherpa_onnx']} (WER %, delta vs fp32 +- paired SE):", "",
+                "| set | long | delta long | short | delta short |", "|---|---|---|---|---|"]
+        for x in r["rows"]:
+            out.append(f"| {x['row']} | {x['wer_long']:.2f} | {x['delta_vs_fp32_long']:+.2f} +- "
+                       f"{x['paired_se_vs_fp32_long']:.2f} | {x['wer_short']:.2f} | {x['delta_vs_fp32_short']:+.2f} +- "
+                       f"{x['paired_se_vs_fp32_short']:.2f} |")
+        out.append("")
     text = "\n".join(out)
     print(text)
     return {"markdown": text}

@@ -277,11 +277,13 @@ def weights_only(path: Path) -> list[dict]:
 
 
 def summary(rows: list[dict]) -> dict:
+    """Over the MatMulIntegers with signed int8 weights (none, e.g. a QUInt8 encoder: u8u8 is exact everywhere)."""
     worst = max(rows, key=lambda r: r["saturation_rel_error"]) if rows else {}
-    return {"matmuls": len(rows), "max_same_sign_pair_sum": max(r["max_same_sign_pair_sum"] for r in rows),
+    return {"matmuls": len(rows),
+            "max_same_sign_pair_sum": max((r["max_same_sign_pair_sum"] for r in rows), default=0),
             "matmuls_that_can_saturate": sum(r["pairs_that_can_saturate"] > 0 for r in rows),
             "matmuls_that_did_saturate": sum(r["saturated_pair_sums"] > 0 for r in rows),
-            "share_saturated_max": max(r["share_saturated"] for r in rows),
+            "share_saturated_max": max((r["share_saturated"] for r in rows), default=0.0),
             "saturation_rel_error_max": worst.get("saturation_rel_error"), "worst_node": worst.get("node"),
             "emulation_equals_onnxruntime": all(r["emulation_equals_onnxruntime"] for r in rows)}
 
