@@ -561,8 +561,9 @@ def quantize_cmd(model_dir, output, in_place, per_channel, exclude, force, as_js
 
     The default scheme, fast, quantizes the encoder's MatMuls (its pointwise
     convolutions become MatMuls first, exactly) to signed int8 weights, one
-    scale per output column, chosen so that no CPU's int8 kernel can saturate;
-    decoder and joiner get QUInt8. --scheme sherpa-onnx is sherpa-onnx's
+    scale per output column, chosen so that no CPU's int8 kernel can saturate
+    (the attention's value and output projections stay unsigned); decoder and
+    joiner get the same signed, saturation-safe weights. --scheme sherpa-onnx is sherpa-onnx's
     release setting (onnxruntime's quantize_dynamic, QUInt8 encoder, QInt8
     decoder and joiner), equal to what onnxruntime writes. Either way weights
     are read, quantized and written one tensor at a time, so the 1.1B encoder
