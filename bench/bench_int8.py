@@ -31,8 +31,6 @@ Results go to bench/out/int8-*.json; docs/quantize.md quotes them.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import re
@@ -48,26 +46,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import OUT, measure_python
+from common import OUT, heavy_lock, measure_python
 
-LOCK = "/tmp/sherpa-heavy.lock"
 SPEECH = Path("/work/shared/speech")
 VARIANTS = ("fp32", "sherpa-onnx", "fast")
 ROLES = ("encoder", "decoder", "joiner")
 
-
-@contextlib.contextmanager
-def heavy_lock(enabled: bool = True):
-    if not enabled:
-        yield
-        return
-    with open(LOCK, "w") as f:
-        print(f"waiting for {LOCK} ...", file=sys.stderr, flush=True)
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def files(root: Path, variant: str) -> dict[str, Path]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -32,12 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import OUT, measure_python
+from common import OUT, heavy_lock, measure_python
 
 REALSCALE = Path("/work/scratch/realscale")
 SPEECH = Path("/work/shared/speech")
 ROLES = ("encoder", "decoder", "joiner")
-LOCK = "/tmp/sherpa-heavy.lock"
 
 ORT_CODE = """
 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -51,16 +49,6 @@ from sherpa_fixed.quantizing import quantize_folder
 quantize_folder("{src}", output="{dst}", force=True)
 """
 
-
-@contextlib.contextmanager
-def heavy_lock():
-    with open(LOCK, "w") as f:
-        print(f"waiting for {LOCK} ...", file=sys.stderr, flush=True)
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def prefix_identity(ours: Path, theirs: Path) -> dict:

@@ -7,6 +7,8 @@ reporting the median.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import statistics
@@ -17,6 +19,22 @@ import time
 from pathlib import Path
 
 OUT = Path(os.environ.get("SHERPA_FIXED_BENCH_DIR", Path(__file__).parent / "out"))
+LOCK = "/tmp/sherpa-heavy.lock"  # the machine is shared: one timing run at a time
+
+
+@contextlib.contextmanager
+def heavy_lock(enabled: bool = True):
+    """Hold LOCK (exclusive flock) for the body, so two timing runs never share the CPUs."""
+    if not enabled:
+        yield
+        return
+    with open(LOCK, "w") as f:
+        print(f"waiting for {LOCK} ...", file=sys.stderr, flush=True)
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 # Runs `code` in a child Python, then prints that child's own peak RSS in KiB. VmHWM is per
 # address space, so unlike ru_maxrss it does not inherit the parent's peak across fork+exec.
