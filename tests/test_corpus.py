@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -267,6 +269,23 @@ def test_retry_failed_decodes_only_the_failed_again(tmp_path, corpus):
 
 
 # ----------------------------------------------------------------------------- the resumable output
+
+
+def test_a_killed_rewrites_temp_file_is_swept_and_nothing_else(tmp_path, corpus):
+    """A retry_failed rewrite killed before its rename leaves `.sf-tmp-PID-...-OUT`: the next run removes
+    it (its pid is gone), and leaves alone a live run's temp file and a dead run's for another output."""
+    model, manifest, entries = corpus
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = tmp_path / f".sf-tmp-{dead.pid}-0123abcd-out.json"
+    other_output = tmp_path / f".sf-tmp-{dead.pid}-0123abcd-other.json"
+    live = tmp_path / f".sf-tmp-{os.getpid()}-0123abcd-out.json"
+    for p in (mine, other_output, live):
+        p.write_text("half a rewrite\n")
+    s = transcribe_corpus(model, manifest, tmp_path / "out.json")
+    assert s.exit_code == 0
+    assert_exactly_once(tmp_path / "out.json", len(entries))
+    assert not mine.exists() and other_output.exists() and live.exists()
 
 
 def test_torn_last_line_is_dropped_and_redone(tmp_path, corpus):

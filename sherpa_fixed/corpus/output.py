@@ -26,12 +26,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import time
 from pathlib import Path
 
 from ..errors import BadInputError
-from ..safety.atomic import disk_error, fsync_dir, pid_alive, temp_path
+from ..safety.atomic import disk_error, fsync_dir, sweep_stale, temp_path
 from ..safety.lock import FileLock
 from .decode import BOOKKEEPING, ERROR
 from .summary import Tally
@@ -228,9 +227,6 @@ class Output:
         self.close()
 
 
-_STALE_TEMP = re.compile(r"^\.sf-tmp-(\d+)-[0-9a-f]{8}-(.*)$")
-
-
 def _create(path: Path) -> None:
     """Make OUT (empty) if it does not exist, durably; refuse what is not a regular file.
 
@@ -248,8 +244,5 @@ def _create(path: Path) -> None:
         raise disk_error(exc, path) from exc
     os.close(fd)
     fsync_dir(path.parent)
-    for p in path.parent.iterdir():
-        m = _STALE_TEMP.match(p.name)
-        if m and m.group(2) == path.name and not pid_alive(int(m.group(1))):
-            p.unlink(missing_ok=True)
+    sweep_stale(path.parent, only=path.name)
 

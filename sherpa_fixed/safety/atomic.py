@@ -125,9 +125,10 @@ def disk_error(exc: OSError, path: Path) -> BadInputError:
     return BadInputError(f"cannot write ({exc.strerror})", path=path)
 
 
-def sweep_stale(folder: Path) -> list[Path]:
+def sweep_stale(folder: Path, only: str | None = None) -> list[Path]:
     """Remove temp/backup files left by runs that were killed (their pid no longer exists).
 
+    `only`: just those made for this one final name (a corpus's OUT, in a folder other runs share).
     An output folder set aside to be replaced (`.sf-old-...-NAME`) whose replacement never arrived
     (NAME is missing: the run died between its two renames, where no atomic exchange was possible)
     is put back, not removed."""
@@ -139,6 +140,8 @@ def sweep_stale(folder: Path) -> list[Path]:
         try:
             pid = int(parts[1])
         except (IndexError, ValueError):
+            continue
+        if only is not None and (len(parts) < 4 or parts[3] != only):
             continue
         if pid == os.getpid() or pid_alive(pid):
             continue
