@@ -23,7 +23,7 @@ import numpy as np
 
 from ..decoding.audio import model_rate_samples
 from ..errors import BadInputError
-from .inputs import open_regular
+from ..safety.bounded import open_regular
 
 BLOCK_SAMPLES = 1 << 18  # samples per read, all channels together (1 MiB of float32)
 MIN_RATE, MAX_RATE = 1000, 768_000
@@ -55,7 +55,7 @@ def open_audio(path: str | os.PathLike) -> Iterator:
     libsndfile reads through a Python file object (its virtual I/O), so the descriptor is ours to
     close whatever libsndfile makes of the bytes."""
     sf = _soundfile()
-    with os.fdopen(open_regular(path, "audio file"), "rb") as raw:
+    with open_regular(path, what="audio file") as raw:
         if os.fstat(raw.fileno()).st_size == 0:
             raise BadInputError("audio file is empty (0 bytes)", path=path)
         try:

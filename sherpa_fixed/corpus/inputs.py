@@ -17,7 +17,6 @@ directory; the driver makes them absolute, so workers on other machines see the 
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..safety.bounded import open_regular
 
 MAX_LINE = 1 << 20  # bytes per manifest line: a half-hour transcript is about 30 kB
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
@@ -83,25 +83,6 @@ def read_corpus(source: str | os.PathLike) -> Corpus:
     return Corpus(path, kind, items)
 
 
-def open_regular(path: str | os.PathLike, what: str) -> int:
-    """A read descriptor of a regular file, opened without blocking: a FIFO is refused, never waited on."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        raise BadInputError(f"{what} not found", path=path) from exc
-    except OSError as exc:
-        if exc.errno == errno.EISDIR:
-            raise BadInputError(f"is a folder, not a {what}", path=path) from exc
-        raise BadInputError(f"cannot open the {what} ({exc.strerror})", path=path) from exc
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
-                if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
-        raise BadInputError(f"is {kind}, not a regular file", path=path, fix=f"the {what} must be a regular file")
-    return fd
-
-
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
@@ -111,7 +92,7 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
     path = Path(path)
     folder = Path(os.path.abspath(path)).parent
     items: list[Item] = []
-    with os.fdopen(open_regular(path, "manifest"), "rb") as f:
+    with open_regular(path, what="manifest") as f:
         number = 0
         while True:
             raw = f.readline(MAX_LINE + 1)
